@@ -1,0 +1,173 @@
+"""WebDataset streaming for training: shard specs -> batches of (images, tokens, skipped).
+
+* A spec is brace-expanded; '::' joins sources, mixed by `train_data_weights`. Any fsspec URL
+  works (webdataset opens `pipe:`, `file://`, s3://, gs:// ...); local paths are checked upfront.
+* Resampled (default): every (rank, worker) draws shards with replacement from its own RNG, so
+  2.5B samples never need a file listing and the stream is infinite. The RNG seed is a function of
+  (seed, rank, worker, start_step): restarting the stream at a checkpoint's step reproduces the
+  exact same batches, which is what makes resume exact.
+* Corrupt samples and unreadable shards are skipped with a warning and counted; every batch
+  carries the counts since the previous batch of its worker, so the trainer can log exact totals.
+"""
+import hashlib
+import logging
+import os
+import random
+from urllib.parse import urlparse
+
+import braceexpand
+import torch
+import webdataset as wds
+
+from llip.config import ConfigError
+
+log = logging.getLogger("llip.data")
+IMAGE_KEYS = "jpg;jpeg;png;webp"
+TEXT_KEYS = "txt;json"
+MAX_CONSECUTIVE_SHARD_ERRORS = 200  # a stream where nothing is readable must fail, not spin
+
+
+def expand_sources(spec: str) -> list[list[str]]:
+    return [list(braceexpand.braceexpand(s.strip())) for s in spec.split("::") if s.strip()]
+
+
+def parse_weights(weights: str, n_sources: int) -> list[float]:
+    return [float(w) for w in weights.split("::")] if weights else [1.0] * n_sources
+
+
+def local_path(url: str):
+    """The filesystem path of a local shard URL, or None for remote / pipe URLs."""
+    if url.startswith("pipe:"):
+        return None
+    parsed = urlparse(url)
+    if parsed.scheme in ("", "file"):
+        return parsed.path if parsed.scheme else url
+    return None
+
+
+def check_shards(sources: list[list[str]]) -> None:
+    """Fail before training if local shards are missing (remote ones are checked when read)."""
+    for urls in sources:
+        missing = [u for u in urls if local_path(u) and not os.path.exists(local_path(u))]
+        if missing:
+            raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
+                              "source missing): fix train_data or build the shards first")
+
+
+def stream_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (Python's hash() is salted per process for str)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class SkipCounter:
+    """A webdataset handler: warn, count, continue."""
+
+    def __init__(self, what: str):
+        self.what, self.count, self.consecutive = what, 0, 0
+
+    def __call__(self, exn: Exception) -> bool:
+        self.count += 1
+        self.consecutive += 1
+        if self.count <= 5 or self.count % 1000 == 0:
+            log.warning("skipping %s (%d so far): %s: %s", self.what, self.count,
+                        type(exn).__name__, str(exn)[:200])
+        if self.consecutive > MAX_CONSECUTIVE_SHARD_ERRORS:
+            raise RuntimeError(f"{self.consecutive} consecutive unreadable {self.what}s: "
+                               "check train_data and storage access") from exn
+        return True
+
+    def take(self) -> int:
+        n, self.count, self.consecutive = self.count, 0, 0
+        return n
+
+
+def _resampled_shards(sources, weights, rng):
+    while True:
+        urls = rng.choices(sources, weights=weights)[0]
+        yield {"url": rng.choice(urls)}
+
+
+def _partitioned_shards(sources, rng, index, count):
+    """Without resampling: a disjoint slice of all shards per (rank, worker), reshuffled per pass."""
+    urls = [u for s in sources for u in s]
+    if len(urls) < count:
+        raise RuntimeError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
+                           f"found {len(urls)}: use dataset_resampled=true")
+    while True:
+        order = urls[:]
+        random.Random(rng.random()).shuffle(order)  # same permutation on every (rank, worker)
+        for url in order[index::count]:
+            yield {"url": url}
+
+
+def _caption(text, rng: random.Random) -> str:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if isinstance(text, dict):  # json member: {"caption": str | [str, ...]}
+        text = text.get("caption", text.get("captions", ""))
+    if isinstance(text, (list, tuple)):
+        text = rng.choice(text) if text else ""
+    return str(text)
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    def __init__(self, sources, weights, transform, tokenizer, batch_size: int, *,
+                 shuffle_buffer: int, seed: int, rank: int, world_size: int, start_step: int,
+                 resampled: bool = True):
+        super().__init__()
+        self.sources, self.weights = sources, weights
+        self.transform, self.tokenizer, self.batch_size = transform, tokenizer, batch_size
+        self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
+        self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        rng = random.Random(stream_seed(self.seed, self.rank, worker, self.start_step))
+        if info is not None:  # augmentations draw from torch's RNG inside the worker
+            torch.manual_seed(stream_seed(self.seed, self.rank, worker, self.start_step, 1))
+        shard_errors, sample_errors = SkipCounter("shard"), SkipCounter("sample")
+        if self.resampled:
+            shards = _resampled_shards(self.sources, self.weights, rng)
+        else:
+            shards = _partitioned_shards(self.sources, random.Random(self.seed),
+                                         self.rank * n_workers + worker, self.world_size * n_workers)
+        samples = wds.tarfile_to_samples(handler=shard_errors)(shards)
+        if self.shuffle_buffer > 1:
+            samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
+                                  rng=rng)(samples)
+        samples = wds.decode("pilrgb", handler=sample_errors)(samples)
+        samples = wds.to_tuple(IMAGE_KEYS, TEXT_KEYS, handler=sample_errors)(samples)
+        images, captions = [], []
+        for image, text in samples:
+            try:
+                images.append(self.transform(image))
+                captions.append(_caption(text, rng))
+            except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
+                sample_errors(exn)
+                continue
+            shard_errors.consecutive = 0
+            if len(images) == self.batch_size:
+                yield (torch.stack(images), self.tokenizer(captions),
+                       torch.tensor([shard_errors.take(), sample_errors.take()]))
+                images, captions = [], []
+
+
+def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, transform,
+                       tokenizer) -> torch.utils.data.DataLoader:
+    """A DataLoader over the stream. Batches come round-robin from the workers (in order), so the
+    sequence of batches is a deterministic function of (config, world size, start_step)."""
+    sources = expand_sources(cfg.train_data)
+    check_shards(sources)
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the world size "
+                          f"{world_size}: pick a multiple")
+    dataset = ShardStream(
+        sources, parse_weights(cfg.train_data_weights, len(sources)), transform, tokenizer,
+        cfg.batch_size // world_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+        rank=world_rank, world_size=world_size, start_step=start_step,
+        resampled=cfg.dataset_resampled)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4 if cfg.workers else None, persistent_workers=False)

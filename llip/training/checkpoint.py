@@ -1,0 +1,99 @@
+"""Sharded checkpoints with torch.distributed.checkpoint (DCP).
+
+Layout: <run_dir>/checkpoints/step_00001000/ holds DCP files plus COMPLETE (JSON). A checkpoint
+is written to step_XXXXXXXX.tmp and renamed only after every rank finished and COMPLETE exists,
+so a crash mid-save never leaves a half checkpoint that looks valid, and the previous one stays.
+`latest` is the newest directory with COMPLETE. DCP reshards on load: a checkpoint saved at N
+ranks loads at any world size, or in a plain process without a process group.
+"""
+import json
+import os
+import re
+import shutil
+import time
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from llip.training import dist
+
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def checkpoint_root(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    root = checkpoint_root(run_dir)
+    if not os.path.isdir(root):
+        return []
+    found = [d for d in os.listdir(root)
+             if _STEP_DIR.match(d) and os.path.exists(os.path.join(root, d, MARKER))]
+    return [os.path.join(root, d) for d in sorted(found)]
+
+
+def latest(run_dir: str):
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def step_of(path: str) -> int:
+    return json.load(open(os.path.join(path, MARKER)))["step"]
+
+
+def save(run_dir: str, step: int, model, optimizer, trainer_state: dict, keep_last: int,
+         is_main: bool) -> str:
+    final = os.path.join(checkpoint_root(run_dir), f"step_{step:08d}")
+    tmp = final + ".tmp"
+    if is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd,
+              "trainer": {k: torch.as_tensor(v) for k, v in trainer_state.items()}},
+             checkpoint_id=tmp)
+    dist.barrier()
+    if is_main:
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump({"step": step, "time": time.time(), **trainer_state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(final):  # re-saving the same step (e.g. resumed at the very end)
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def load(path: str, model, optimizer=None) -> dict:
+    """Load into (possibly sharded) model and optimizer in place; return the trainer state."""
+    if optimizer is None:
+        model_sd = get_state_dict(model, [])[0]
+        state = {"model": model_sd}
+    else:
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        state = {"model": model_sd, "optim": optim_sd}
+    marker = json.load(open(os.path.join(path, MARKER)))
+    state["trainer"] = {k: torch.as_tensor(v) for k, v in marker.items() if k != "time"}
+    dcp.load(state, checkpoint_id=path)
+    if optimizer is None:
+        set_state_dict(model, [], model_state_dict=state["model"], optim_state_dict={})
+    else:
+        set_state_dict(model, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+    return {k: v.item() for k, v in state["trainer"].items()}
+
+
+def clean_partial(run_dir: str) -> None:
+    """Remove leftovers of saves that crashed (never a complete checkpoint)."""
+    root = checkpoint_root(run_dir)
+    if os.path.isdir(root):
+        for d in os.listdir(root):
+            if d.endswith(".tmp"):
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)

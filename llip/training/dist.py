@@ -1,0 +1,92 @@
+"""Process-group setup and collectives: the only module that talks to torch.distributed.
+
+One code path: a lone process, torchrun (RANK/WORLD_SIZE/MASTER_* in the env), or srun under
+SLURM (submitit's TorchDistributedEnvironment derives the same variables from SLURM's).
+"""
+import dataclasses
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed import _functional_collectives as funcol
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _under_slurm_tasks() -> bool:
+    return "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 \
+        and "SLURM_PROCID" in os.environ
+
+
+def setup(timeout_min: int = 30) -> World:
+    if _under_slurm_tasks():
+        import submitit
+        # Sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from SLURM's variables.
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    if "RANK" not in os.environ:
+        return World(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
+    return World(rank=rank, local_rank=local_rank, size=size, device=device)
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x from every rank along dim 0; backward sums each rank's gradient slices."""
+    return funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+
+
+def gather_fn(world: World):
+    return gather_with_grad if world.size > 1 else None
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.AVG if values.is_cuda else dist.ReduceOp.SUM)
+        if not values.is_cuda:  # gloo has no AVG
+            values /= dist.get_world_size()
+    return values
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_object(obj, src: int = 0):
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

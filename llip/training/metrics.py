@@ -1,0 +1,79 @@
+"""Progress lines, metrics.jsonl and wandb (offline unless configured). Main rank only.
+
+wandb must never block or kill a run: its files live inside the run dir, and any failure to
+start it is a warning, after which the run continues with metrics.jsonl alone.
+"""
+import datetime
+import json
+import logging
+import os
+import secrets
+import time
+
+log = logging.getLogger("llip.train")
+
+
+def _eta(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+class MetricsLogger:
+    def __init__(self, run_dir: str, cfg, resume_step: int, enabled: bool):
+        self.enabled, self.total = enabled, cfg.total_steps
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.wandb = None
+        if not enabled:
+            return
+        self._truncate_after(resume_step)  # rows logged after the checkpoint are re-done
+        if cfg.wandb_mode != "disabled":
+            self.wandb = _start_wandb(run_dir, cfg)
+
+    def _truncate_after(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        rows = [line for line in open(self.path) if line.strip()]
+        kept = [r for r in rows if json.loads(r)["step"] <= step]
+        if len(kept) != len(rows):
+            tmp = self.path + ".tmp"
+            with open(tmp, "w") as f:
+                f.writelines(kept)
+            os.replace(tmp, self.path)
+
+    def log(self, step: int, metrics: dict, samples_per_s: float, eta_s: float) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **metrics, "samples_per_s": samples_per_s, "time": time.time()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        extra = f" | skipped {metrics['skipped_shards']:.0f} shards " \
+                f"{metrics['skipped_samples']:.0f} samples" \
+            if metrics["skipped_shards"] or metrics["skipped_samples"] else ""
+        print(f"step {step}/{self.total} ({100 * step / self.total:.0f}%) | loss "
+              f"{metrics['loss']:.4f} | lr {metrics['lr']:.2e} | {samples_per_s:,.0f} samples/s"
+              f" | ETA {_eta(eta_s)}{extra}", flush=True)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    def close(self) -> None:
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _start_wandb(run_dir: str, cfg):
+    wandb_dir = os.path.join(run_dir, "wandb")
+    os.makedirs(wandb_dir, exist_ok=True)
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        os.environ.setdefault(var, wandb_dir)
+    id_file = os.path.join(run_dir, "wandb_id")
+    try:
+        import wandb
+        run_id = open(id_file).read().strip() if os.path.exists(id_file) else secrets.token_hex(4)
+        with open(id_file, "w") as f:
+            f.write(run_id)
+        import dataclasses
+        return wandb.init(project=cfg.wandb_project, name=cfg.name, id=run_id, resume="allow",
+                          dir=wandb_dir, mode=cfg.wandb_mode, config=dataclasses.asdict(cfg),
+                          settings=wandb.Settings(init_timeout=60, silent=True))
+    except Exception as exn:  # noqa: BLE001 - logging must never stop training
+        log.warning("wandb disabled for this run (%s: %s)", type(exn).__name__, exn)
+        return None

@@ -1,0 +1,158 @@
+"""The Trainer: one code path for a lone process, torchrun and SLURM (submitit wraps it).
+
+Resume is exact by construction: the data stream and the RNG are re-seeded from
+(seed, rank, step) every time a checkpoint is written, the learning rate is a function of the
+step, and model + optimizer come back from DCP. So a run resumed from the checkpoint at step s
+sees the same batches and takes the same updates as a run that never stopped.
+"""
+import contextlib
+import math
+import os
+import subprocess
+import time
+
+import torch
+import yaml
+
+from llip.config import to_dict
+from llip.data import tokenizer_for, transform_for
+from llip.data.stream import build_train_stream, check_shards, expand_sources, stream_seed
+from llip.losses import contrastive_loss
+from llip.models import build_model
+from llip.training import checkpoint, dist
+from llip.training.metrics import MetricsLogger
+from llip.training.optim import build_optimizer, lr_at
+from llip.training.parallel import parallelize, use_bf16
+
+MAX_LOGIT_SCALE = math.log(100)
+
+
+def run_dir_of(cfg) -> str:
+    return os.path.join(cfg.logs, cfg.name)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def _scalar(param) -> float:
+    """The value of a 1-element parameter, sharded (DTensor) or not."""
+    param = param.detach()
+    return float(param.full_tensor() if hasattr(param, "full_tensor") else param)
+
+
+class Trainer:
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __call__(self) -> str:
+        world = dist.setup()
+        try:
+            return self.train(world)
+        finally:
+            dist.teardown()
+
+    # ------------------------------------------------------------------ setup
+    def train(self, world) -> str:
+        cfg, run_dir = self.cfg, run_dir_of(self.cfg)
+        cfg.require_training_inputs()
+        check_shards(expand_sources(cfg.train_data))
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = parallelize(build_model(cfg), cfg, world)
+        optimizer = build_optimizer(model, cfg)
+        start = self._resume(run_dir, model, optimizer, world)
+        if world.is_main:
+            self._write_run_files(run_dir, start)
+        logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
+        try:
+            self._loop(run_dir, model, optimizer, world, start, logger)
+        finally:
+            logger.close()
+        return run_dir
+
+    def _resume(self, run_dir, model, optimizer, world) -> int:
+        if world.is_main:
+            checkpoint.clean_partial(run_dir)
+        dist.barrier()
+        path = checkpoint.latest(run_dir)
+        if path is None:
+            return 0
+        state = checkpoint.load(path, model, optimizer)
+        if world.is_main:
+            print(f"resumed from {path} at step {state['step']}", flush=True)
+        return int(state["step"])
+
+    def _write_run_files(self, run_dir: str, start: int) -> None:
+        os.makedirs(run_dir, exist_ok=True)
+        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+            yaml.safe_dump({**to_dict(self.cfg), "git_commit": _git_commit()}, f, sort_keys=False)
+        print(f"run dir {run_dir} ({'resuming at step %d' % start if start else 'new run'}), "
+              f"{self.cfg.total_steps} steps of {self.cfg.batch_size} samples", flush=True)
+
+    def _stream(self, world, step: int):
+        """(Re)start the data stream and the RNG at `step`: the anchor of exact resume."""
+        torch.manual_seed(stream_seed(self.cfg.seed, world.rank, step, 2))
+        cfg = self.cfg
+        loader = build_train_stream(cfg, world.rank, world.size, step, transform_for(cfg, True),
+                                    tokenizer_for(cfg))
+        return iter(loader)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self, run_dir, model, optimizer, world, start, logger) -> None:
+        cfg = self.cfg
+        autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16)
+                    if use_bf16(cfg, world.device) and world.size == 1 else contextlib.nullcontext())
+        gather = dist.gather_fn(world)
+        batches = self._stream(world, start)
+        window = torch.zeros(5, dtype=torch.float64)  # loss sum, steps, shards, samples, checksum
+        t_window, steps_window = time.time(), 0
+        for step in range(start, cfg.total_steps):
+            images, tokens, skipped = next(batches)
+            images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
+            lr = lr_at(step, cfg)
+            loss = self._step(model, optimizer, images, tokens, lr, autocast, gather)
+            window += torch.tensor([loss, 1.0, *skipped.tolist(),
+                                    images.double().sum().item() + tokens.double().sum().item()])
+            steps_window += 1
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.total_steps:
+                window[:2] = dist.all_reduce_mean(window[:2])
+                window[2:] = dist.all_reduce_sum(window[2:])
+                elapsed = time.time() - t_window
+                rate = steps_window * cfg.batch_size / max(elapsed, 1e-9)
+                logger.log(done, {"loss": window[0].item() / window[1].item(), "lr": lr,
+                                  "logit_scale": _scalar(model.logit_scale),
+                                  "skipped_shards": window[2].item(),
+                                  "skipped_samples": window[3].item(),
+                                  "data_checksum": window[4].item(),
+                                  "samples_seen": done * cfg.batch_size},
+                           rate, (cfg.total_steps - done) * elapsed / steps_window)
+                window.zero_()
+                t_window, steps_window = time.time(), 0
+            if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
+                if done < cfg.total_steps:  # restart first: workers warm up while we save
+                    batches = self._stream(world, done)
+                path = checkpoint.save(run_dir, done, model, optimizer,
+                                       {"step": done, "samples_seen": done * cfg.batch_size},
+                                       cfg.keep_last, world.is_main)
+                if world.is_main:
+                    print(f"checkpoint {path}", flush=True)
+
+    def _step(self, model, optimizer, images, tokens, lr, autocast, gather) -> float:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            image_emb, text_emb = model(images, tokens)
+            loss = contrastive_loss(self.cfg.loss, model, image_emb, text_emb, gather)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        return loss.item()

@@ -1,0 +1,140 @@
+"""Distributed losses equal the single-process full-batch loss and gradients (2 gloo ranks)."""
+import dataclasses
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from llip.config import resolve
+from llip.losses import contrastive_loss
+from llip.models.llip import LlipHead, pair_scores_factored, pair_scores_naive
+
+GLOBAL_BATCH, WORLD = 8, 2
+
+
+class Towers(torch.nn.Module):
+    """Linear stand-ins for the towers, in float64: the losses see real parameters and graphs."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.kind = kind
+        cfg = dataclasses.replace(resolve(f"{kind}_tiny"), vision_width=12, text_width=10,
+                                  embed_dim=8, mixture_tokens=3, cross_attn_heads=2, llip_chunk=3)
+        out = 3 * 12 if kind == "llip" else 8
+        self.image = torch.nn.Linear(6, out)
+        self.text = torch.nn.Linear(5, 10 if kind == "llip" else 8)
+        if kind == "llip":
+            self.head = LlipHead(cfg)
+        else:
+            self.logit_scale = torch.nn.Parameter(torch.full((1,), cfg.init_logit_scale))
+            if kind == "siglip":
+                self.logit_bias = torch.nn.Parameter(torch.full((1,), -2.0))
+
+    def forward(self, x, t):
+        if self.kind == "llip":
+            return (self.head.encode_image(self.image(x).view(len(x), 3, 12)),
+                    self.head.encode_text(self.text(t)))
+        n = torch.nn.functional.normalize
+        return n(self.image(x), dim=-1), n(self.text(t), dim=-1)
+
+    def logits(self, image_emb, text_emb):  # used by the llip loss
+        return self.head.logit_scale.exp() * self.head.cosines(image_emb, text_emb) \
+            + self.head.logit_bias
+
+
+def _setup(kind):
+    torch.manual_seed(0)
+    model = Towers(kind).double()
+    if kind == "llip":  # pull the bias off -10 so that every pair contributes visibly
+        torch.nn.init.constant_(model.head.logit_bias, -1.0)
+    x = torch.randn(GLOBAL_BATCH, 6, dtype=torch.float64)
+    t = torch.randn(GLOBAL_BATCH, 5, dtype=torch.float64)
+    return model, x, t
+
+
+def _reference(kind):
+    model, x, t = _setup(kind)
+    loss = contrastive_loss(kind, model, *model(x, t))
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def _worker(rank, kind, port, queue):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    from llip.training.dist import all_reduce_mean, gather_with_grad
+    model, x, t = _setup(kind)
+    local = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
+    loss = contrastive_loss(kind, model, *model(x[local], t[local]), gather=gather_with_grad)
+    loss.backward()
+    mean_loss = all_reduce_mean(loss.detach().reshape(1)).item()
+    # What DDP / FSDP do with gradients: average over ranks.
+    grads = {n: all_reduce_mean(p.grad) for n, p in model.named_parameters()}
+    if rank == 0:
+        queue.put((mean_loss, grads))
+    dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["clip", "siglip", "llip"])
+def test_two_ranks_equal_single_process(kind):
+    ref_loss, ref_grads = _reference(kind)
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(r, kind, PORTS[kind],
+                                                queue)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    loss, grads = queue.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert abs(loss - ref_loss) < 1e-5, (loss, ref_loss)
+    assert set(grads) == set(ref_grads)
+    for name, g in grads.items():
+        assert ref_grads[name].abs().sum() > 0, f"{name} got no gradient: the test is vacuous"
+        torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=0, msg=name)
+
+
+PORTS = {k: _free_port() for k in ("clip", "siglip", "llip")}
+
+
+@pytest.mark.parametrize("heads,k,d", [(2, 3, 8), (4, 8, 64), (8, 32, 64)])
+def test_llip_factored_score_equals_naive(heads, k, d):
+    """The fast path (HK x HK Gram, no B x B x D tensor) equals building every x_ij, in float64."""
+    g = torch.Generator().manual_seed(heads + k + d)
+    opts = dict(dtype=torch.float64, generator=g)
+    keys, values = torch.randn(5, k, d, **opts), torch.randn(5, k, d, **opts)
+    queries = torch.randn(7, d, **opts)
+    targets = torch.nn.functional.normalize(torch.randn(7, d, **opts), dim=-1)
+    w_out = torch.randn(d, d, **opts) / d ** 0.5
+    args = (keys, values, queries, targets, w_out, heads, 5.0)
+    torch.testing.assert_close(pair_scores_factored(*args), pair_scores_naive(*args),
+                               atol=1e-5, rtol=0)
+
+
+def test_llip_chunked_scores_and_grads_equal_unchunked():
+    cfg = dataclasses.replace(resolve("llip_tiny"), vision_width=12, embed_dim=8,
+                              mixture_tokens=3, cross_attn_heads=2, text_width=10)
+    torch.manual_seed(0)
+    head = LlipHead(cfg).double()
+    image = head.encode_image(torch.randn(4, 3, 12, dtype=torch.float64))
+    text = head.encode_text(torch.randn(9, 10, dtype=torch.float64))
+    results = []
+    for chunk, factored in [(100, False), (2, True), (4, False)]:
+        head.chunk = chunk
+        head.zero_grad()
+        scores = head.cosines(image, text, factored=factored)
+        scores.pow(2).sum().backward(retain_graph=True)
+        results.append((scores.detach(), head.out_proj.weight.grad.clone()))
+    for scores, grad in results[1:]:
+        torch.testing.assert_close(scores, results[0][0], atol=1e-10, rtol=0)
+        torch.testing.assert_close(grad, results[0][1], atol=1e-10, rtol=0)
