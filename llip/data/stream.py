@@ -133,25 +133,32 @@ class ShardStream(torch.utils.data.IterableDataset):
         else:
             shards = _partitioned_shards(self.sources, random.Random(self.seed),
                                          self.rank * n_workers + worker, self.world_size * n_workers)
-        samples = wds.tarfile_to_samples(handler=shard_errors)(shards)
-        if self.shuffle_buffer > 1:
-            samples = wds.shuffle(self.shuffle_buffer, initial=min(self.shuffle_buffer, 100),
-                                  rng=rng)(samples)
-        samples = wds.decode("pilrgb", handler=sample_errors)(samples)
-        samples = wds.to_tuple(IMAGE_KEYS, TEXT_KEYS, handler=sample_errors)(samples)
         images, captions = [], []
-        for image, text in samples:
-            try:
-                images.append(self.transform(image))
-                captions.append(_caption(text, rng))
-            except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
-                sample_errors(exn)
-                continue
-            shard_errors.consecutive = 0
+        for image, caption in decode_samples(shards, self.transform, self.shuffle_buffer, rng,
+                                             shard_errors, sample_errors):
+            images.append(image)
+            captions.append(caption)
             if len(images) == self.batch_size:
                 yield (torch.stack(images), self.tokenizer(captions),
                        torch.tensor([shard_errors.take(), sample_errors.take()]))
                 images, captions = [], []
+
+
+def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
+                   shard_errors: SkipCounter, sample_errors: SkipCounter):
+    """{"url": ...} dicts -> (image tensor, caption); every failure is counted and skipped."""
+    samples = wds.tarfile_to_samples(handler=shard_errors)(shards)
+    if shuffle_buffer > 1:
+        samples = wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=rng)(samples)
+    samples = wds.decode("pilrgb", handler=sample_errors)(samples)
+    for image, text in wds.to_tuple(IMAGE_KEYS, TEXT_KEYS, handler=sample_errors)(samples):
+        try:
+            item = transform(image), _caption(text, rng)
+        except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
+            sample_errors(exn)
+            continue
+        shard_errors.consecutive = 0
+        yield item
 
 
 def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, transform,

@@ -1,0 +1,120 @@
+"""End-to-end training on real digit shards: exact resume after a kill, checkpoint hygiene,
+metrics, offline wandb."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from llip.config import resolve
+from llip.models import build_model
+from llip.training import checkpoint
+
+STEPS, CKPT_EVERY = 20, 10
+
+
+def _args(digits, logs, name):
+    return ["-m", "llip.main", "llip_tiny", f"train_data={digits['train']}", f"logs={logs}",
+            f"name={name}", "batch_size=16", f"train_num_samples={16 * STEPS}",
+            f"checkpoint_every={CKPT_EVERY}", "log_every=1", "workers=2", "keep_last=5"]
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def _weights(run_dir, step):
+    model = build_model(resolve("llip_tiny"))
+    checkpoint.load(os.path.join(run_dir, "checkpoints", f"step_{step:08d}"), model)
+    return model.state_dict()
+
+
+def _run_and_kill_after_checkpoint(args, marker, timeout=300):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": REPO}
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not os.path.exists(marker):
+        assert proc.poll() is None, "run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole group: trainer and its data workers
+    proc.wait()
+
+
+def test_resume_after_kill_equals_straight_run(digits, tmp_path):
+    straight = run_cli(*_args(digits, tmp_path, "straight"))
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    args = _args(digits, tmp_path, "resumed")
+    run_dir = tmp_path / "resumed"
+    _run_and_kill_after_checkpoint(args, run_dir / "checkpoints" / "step_00000010" / "COMPLETE")
+    assert not (run_dir / "checkpoints" / f"step_{STEPS:08d}").exists(), "kill came too late"
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "at step 10" in resumed.stdout
+
+    a, b = _metrics(tmp_path / "straight"), _metrics(run_dir)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    for ra, rb in zip(a, b):  # the same batches, the same losses, step by step
+        assert ra["data_checksum"] == rb["data_checksum"], ra["step"]
+        assert abs(ra["loss"] - rb["loss"]) < 1e-6, ra["step"]
+    wa, wb = _weights(tmp_path / "straight", STEPS), _weights(run_dir, STEPS)
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_checkpoints_are_atomic_kept_last_n_and_run_dir_is_complete(digits, tmp_path):
+    run_dir = tmp_path / "run"
+    stale = run_dir / "checkpoints" / "step_00000099.tmp"  # a save that crashed mid-write
+    stale.mkdir(parents=True)
+    (stale / "__0_0.distcp").write_bytes(b"half a checkpoint")
+    result = run_cli("-m", "llip.main", "siglip_tiny", f"train_data={digits['train']}",
+                     f"logs={tmp_path}", "name=run", "train_num_samples=96", "batch_size=16",
+                     "checkpoint_every=2", "keep_last=2", "log_every=2", "workers=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = checkpoint.complete_checkpoints(str(run_dir))
+    assert [os.path.basename(d) for d in done] == ["step_00000004", "step_00000006"]
+    assert not stale.exists()
+    assert checkpoint.latest(str(run_dir)).endswith("step_00000006")
+    assert (run_dir / "config.yaml").exists()
+    rows = _metrics(run_dir)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(r["skipped_shards"] == 0 and r["samples_per_s"] > 0 for r in rows)
+    assert "step 6/6 (100%)" in result.stdout and "ETA" in result.stdout
+    offline_runs = list((run_dir / "wandb").rglob("offline-run-*"))
+    assert offline_runs, "wandb did not write an offline run inside the run dir"
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["llip_tni"], "closest: llip_tiny"),
+    (["llip_tiny", "batchsize=4"], "closest: batch_size"),
+    (["llip_tiny", "batch_size=four"], "bad value for batch_size: 'four' is not a valid int"),
+    (["llip_tiny", "loss=infonce"], "loss='infonce' is not one of clip, siglip, llip"),
+    (["llip_tiny", "train_data=/nowhere/s-{0..3}.tar", "train_num_samples=10"],
+     "missing shard /nowhere/s-0.tar (4 of 4"),
+    (["llip_b16"], "train_data is empty"),
+])
+def test_bad_input_is_one_line_exit_2(argv, needle):
+    result = run_cli("-m", "llip.main", *argv)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_list_and_print():
+    listed = run_cli("-m", "llip.main", "--list")
+    assert listed.returncode == 0
+    names = [line.split()[0] for line in listed.stdout.splitlines()]
+    for name in ("llip_b16", "llip_l14", "llip_h14", "llip_G14", "clip_b16", "siglip_b16",
+                 "llip_tiny", "clip_tiny", "siglip_tiny", "llip_demo", "clip_demo", "siglip_demo"):
+        assert name in names
+    printed = run_cli("-m", "llip.main", "llip_b16", "lr=3e-4", "mixture_tokens=16", "--print")
+    assert printed.returncode == 0
+    assert "lr: 0.0003" in printed.stdout and "mixture_tokens: 16" in printed.stdout
