@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -20,6 +21,8 @@ from llip.training import dist
 
 MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+# DCP without a process group is our intended single-process mode, not a mistake.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
 
 def checkpoint_root(run_dir: str) -> str:
