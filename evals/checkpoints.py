@@ -31,7 +31,16 @@ def resolve_checkpoint(path: str) -> str:
 
 
 def load_model(path: str, device="cpu"):
-    """-> (model in eval mode, config, step)."""
+    """A run dir, a DCP checkpoint dir or an exported .pt -> (model in eval mode, config, step)."""
+    if os.path.isfile(path):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = from_dict(blob["config"])
+        model = build_model(cfg)
+        model.load_state_dict(blob["state_dict"])
+        return model.to(device).eval(), cfg, int(blob["step"])
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint {path} does not exist: give a run dir, a "
+                          "checkpoints/step_* dir or an exported .pt file")
     ckpt = resolve_checkpoint(path)
     cfg = run_config(os.path.dirname(os.path.dirname(ckpt)))
     model = build_model(cfg)

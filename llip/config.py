@@ -83,6 +83,9 @@ class RunConfig:
     slurm_timeout_min: int = 4320
     slurm_mem_gb: int = 0  # 0: the partition's default
     slurm_cpus_per_task: int = 10
+    slurm_gpus: bool = True  # request gpus_per_node GPUs; false for CPU-only clusters
+    slurm_comment: str = ""
+    slurm_signal_delay_s: int = 120  # SIGUSR2 this long before the time limit
 
     # --- output ---
     logs: str = "./logs"

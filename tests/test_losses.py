@@ -73,8 +73,8 @@ def _worker(rank, kind, port, queue):
     mean_loss = all_reduce_mean(loss.detach().reshape(1)).item()
     # What DDP / FSDP do with gradients: average over ranks.
     grads = {n: all_reduce_mean(p.grad) for n, p in model.named_parameters()}
-    if rank == 0:
-        queue.put((mean_loss, grads))
+    if rank == 0:  # numpy pickles by value: no shared fd that dies with this process
+        queue.put((mean_loss, {n: g.numpy() for n, g in grads.items()}))
     dist.destroy_process_group()
 
 
@@ -100,6 +100,7 @@ def test_two_ranks_equal_single_process(kind):
     assert abs(loss - ref_loss) < 1e-5, (loss, ref_loss)
     assert set(grads) == set(ref_grads)
     for name, g in grads.items():
+        g = torch.from_numpy(g)
         assert ref_grads[name].abs().sum() > 0, f"{name} got no gradient: the test is vacuous"
         torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=0, msg=name)
 

@@ -118,3 +118,42 @@ def test_list_and_print():
     printed = run_cli("-m", "llip.main", "llip_b16", "lr=3e-4", "mixture_tokens=16", "--print")
     assert printed.returncode == 0
     assert "lr: 0.0003" in printed.stdout and "mixture_tokens: 16" in printed.stdout
+
+
+CRASH_DURING_SAVE = """
+import os, signal, sys
+import torch.distributed.checkpoint as dcp
+real_save = dcp.save
+def save_then_die(state, checkpoint_id):
+    real_save(state, checkpoint_id=checkpoint_id)
+    if checkpoint_id.endswith("step_00000004.tmp"):  # files written, not yet marked complete
+        os.kill(os.getpid(), signal.SIGKILL)
+dcp.save = save_then_die
+from llip.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path):
+    """A process killed in the middle of writing a checkpoint (a fault provoked by wrapping
+    dcp.save, since a real kill cannot be timed into that window) leaves the previous checkpoint
+    as `latest`; the next launch resumes from it and finishes; the export loads weights_only."""
+    args = ["llip_tiny", f"train_data={digits['train']}", f"logs={tmp_path}", "name=run",
+            "train_num_samples=96", "batch_size=16", "checkpoint_every=2", "workers=1"]
+    crashed = run_cli("-c", CRASH_DURING_SAVE, *args)
+    assert crashed.returncode == -9
+    run_dir = tmp_path / "run"
+    assert (run_dir / "checkpoints" / "step_00000004.tmp").exists()
+    assert checkpoint.latest(str(run_dir)).endswith("step_00000002")
+    model = build_model(resolve("llip_tiny"))
+    assert checkpoint.load(checkpoint.latest(str(run_dir)), model)["step"] == 2
+
+    resumed = run_cli("-m", "llip.main", *args)
+    assert resumed.returncode == 0 and "at step 2" in resumed.stdout, resumed.stderr[-2000:]
+    assert checkpoint.latest(str(run_dir)).endswith("step_00000006")
+
+    exported = run_cli("-m", "llip.training.export", str(run_dir), str(tmp_path / "m.pt"))
+    assert exported.returncode == 0, exported.stderr
+    blob = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert blob["step"] == 6 and blob["config"]["name"] == "run"
+    model.load_state_dict(blob["state_dict"])

@@ -18,7 +18,7 @@ TINY = RunConfig(
     train_num_samples=256, epochs=1, batch_size=16, lr=1e-3, wd=0.1, beta2=0.98,
     warmup_steps=2, workers=1, shuffle_buffer=64, nodes=1, gpus_per_node=1,
     checkpoint_every=8, keep_last=2, log_every=4, slurm_cpus_per_task=1, slurm_mem_gb=2,
-    slurm_timeout_min=30, precision="fp32",
+    slurm_timeout_min=30, slurm_gpus=False, precision="fp32",
 )
 
 

@@ -24,16 +24,23 @@ class World:
         return self.rank == 0
 
 
-def _under_slurm_tasks() -> bool:
-    return "RANK" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1 \
-        and "SLURM_PROCID" in os.environ
+def _export_from_submitit_or_slurm() -> None:
+    """Under submitit (SLURM or its local executor) or a bare `srun`, let submitit derive
+    RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT from the job's variables."""
+    if "RANK" in os.environ:  # torchrun already set them
+        return
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        if int(os.environ.get("SLURM_NTASKS", "1")) <= 1 or "SLURM_PROCID" not in os.environ:
+            return
+        os.environ["SUBMITIT_EXECUTOR"] = "slurm"  # srun without submitit: same variables
+    import submitit
+    env = submitit.helpers.TorchDistributedEnvironment()
+    if env.world_size > 1:
+        env.export(set_cuda_visible_devices=False)
 
 
 def setup(timeout_min: int = 30) -> World:
-    if _under_slurm_tasks():
-        import submitit
-        # Sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT from SLURM's variables.
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    _export_from_submitit_or_slurm()
     if "RANK" not in os.environ:
         return World(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -44,9 +51,22 @@ def setup(timeout_min: int = 30) -> World:
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
+        _share_cpu_threads()
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
     return World(rank=rank, local_rank=local_rank, size=size, device=device)
+
+
+def _share_cpu_threads() -> None:
+    """Ranks sharing a CPU machine would each start one thread per core and thrash; give each
+    its share unless the user (or torchrun, via OMP_NUM_THREADS) already chose."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    if cpus is None:
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+        cpus = max(1, (os.cpu_count() or 1) // max(1, local_world))
+    torch.set_num_threads(int(cpus))
 
 
 def teardown() -> None:

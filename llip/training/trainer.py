@@ -114,7 +114,7 @@ class Trainer:
             images, tokens, skipped = next(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
-            loss = self._step(model, optimizer, images, tokens, lr, autocast, gather)
+            loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather)
             window += torch.tensor([loss, 1.0, *skipped.tolist(),
                                     images.double().sum().item() + tokens.double().sum().item()])
             steps_window += 1
@@ -142,17 +142,19 @@ class Trainer:
                 if world.is_main:
                     print(f"checkpoint {path}", flush=True)
 
-    def _step(self, model, optimizer, images, tokens, lr, autocast, gather) -> float:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with autocast:
-            image_emb, text_emb = model(images, tokens)
-            loss = contrastive_loss(self.cfg.loss, model, image_emb, text_emb, gather)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-        optimizer.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-        return loss.item()
+
+def train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather) -> float:
+    """One optimisation step on this rank's batch; returns this rank's loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with autocast:
+        image_emb, text_emb = model(images, tokens)
+        loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, gather)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return loss.item()

@@ -1,0 +1,93 @@
+"""SLURM through submitit: an executor built from the config, and the requeueable callable.
+
+Preemption with sharded checkpoints: submitit calls `checkpoint()` on global rank 0 only, while a
+DCP save needs every rank. So `checkpoint()` saves nothing: it returns a fresh callable holding
+only the config (never a model or optimizer), submitit requeues the job, and the Trainer resumes
+from the newest complete checkpoint, which it writes every `checkpoint_every` steps.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import submitit
+
+from llip.config import ConfigError
+from llip.training.trainer import Trainer, run_dir_of
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+JOB_ID_FILE = "job_id"
+
+
+class SlurmTrainer(submitit.helpers.Checkpointable):
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def __call__(self) -> str:
+        return Trainer(self.cfg)()
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        return submitit.helpers.DelayedSubmission(SlurmTrainer(self.cfg))
+
+
+def submitit_folder(cfg) -> str:
+    return os.path.abspath(os.path.join(run_dir_of(cfg), "submitit"))
+
+
+def slurm_parameters(cfg) -> dict:
+    """The sbatch settings a config asks for, in submitit's SlurmExecutor vocabulary."""
+    optional = {"partition": cfg.slurm_partition, "account": cfg.slurm_account,
+                "qos": cfg.slurm_qos, "constraint": cfg.slurm_constraint,
+                "comment": cfg.slurm_comment,
+                "mem": f"{cfg.slurm_mem_gb}GB" if cfg.slurm_mem_gb else "",
+                "gpus_per_node": cfg.gpus_per_node if cfg.slurm_gpus else 0}
+    return dict(
+        job_name=cfg.name, nodes=cfg.nodes, ntasks_per_node=cfg.gpus_per_node,
+        cpus_per_task=cfg.slurm_cpus_per_task, time=cfg.slurm_timeout_min,
+        signal_delay_s=cfg.slurm_signal_delay_s,
+        # The job imports this checkout of llip wherever it runs.
+        setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        **{k: v for k, v in optional.items() if v})
+
+
+def make_executor(cfg, local: bool = False):
+    folder = submitit_folder(cfg)
+    if local:
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=cfg.slurm_timeout_min, nodes=1,
+                                   tasks_per_node=cfg.nodes * cfg.gpus_per_node,
+                                   gpus_per_node=cfg.gpus_per_node if cfg.slurm_gpus else 0)
+        return executor
+    if shutil.which("sbatch") is None or shutil.which("srun") is None:
+        raise ConfigError("no SLURM on this machine (sbatch/srun not found): train with "
+                          f"`python -m llip.main {cfg.name} ...`, or add --local to run through "
+                          "submitit's local executor")
+    executor = submitit.SlurmExecutor(folder=folder, python=sys.executable)
+    executor.update_parameters(**slurm_parameters(cfg))
+    return executor
+
+
+def sbatch_script(cfg) -> str:
+    """The script `sbatch` would get; needs no SLURM on this machine."""
+    from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls
+    folder = submitit_folder(cfg)
+    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
+    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(cfg))
+
+
+def live_job(cfg):
+    """The id of a queued or running job that owns this run dir, if any."""
+    path = os.path.join(submitit_folder(cfg), JOB_ID_FILE)
+    if not os.path.exists(path) or shutil.which("squeue") is None:
+        return None
+    job_id = open(path).read().strip()
+    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
+                         text=True, timeout=30)
+    states = set(out.stdout.split()) if out.returncode == 0 else set()
+    return job_id if states & {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
+                               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"} else None
+
+
+def record_job(cfg, job_id: str) -> None:
+    with open(os.path.join(submitit_folder(cfg), JOB_ID_FILE), "w") as f:
+        f.write(job_id)
