@@ -66,7 +66,7 @@ class Trainer:
         optimizer = build_optimizer(model, cfg)
         start = self._resume(run_dir, model, optimizer, world)
         if world.is_main:
-            self._write_run_files(run_dir, start)
+            self._write_run_files(run_dir, start, world.size)
         logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
         try:
             self._loop(run_dir, model, optimizer, world, start, logger)
@@ -86,12 +86,13 @@ class Trainer:
             print(f"resumed from {path} at step {state['step']}", flush=True)
         return int(state["step"])
 
-    def _write_run_files(self, run_dir: str, start: int) -> None:
+    def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
         with open(os.path.join(run_dir, "config.yaml"), "w") as f:
             yaml.safe_dump({**to_dict(self.cfg), "git_commit": _git_commit()}, f, sort_keys=False)
         print(f"run dir {run_dir} ({'resuming at step %d' % start if start else 'new run'}), "
-              f"{self.cfg.total_steps} steps of {self.cfg.batch_size} samples", flush=True)
+              f"{self.cfg.total_steps} steps of {self.cfg.batch_size} samples on {world_size} "
+              "process(es)", flush=True)
 
     def _stream(self, world, step: int):
         """(Re)start the data stream and the RNG at `step`: the anchor of exact resume."""

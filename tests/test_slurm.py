@@ -1,0 +1,104 @@
+"""The SLURM path on a real two-node SLURM cluster started by the tests on this machine.
+
+Bounded waits everywhere: without an accounting daemon a job that dies early would leave
+submitit's `result()` waiting forever, so the tests poll squeue and files with deadlines.
+"""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+from evals.checkpoints import load_model
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (apt-get, munge, slurmd)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("no slurmctld and no apt-get to install it")
+    state = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", "launch/local_slurm.sh", "start", str(state)], cwd=REPO,
+                             capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        pytest.skip(f"local SLURM did not start: {started.stderr.strip()[-300:]}")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run(["bash", "launch/local_slurm.sh", "stop", str(state)], cwd=REPO, timeout=60)
+    os.environ.pop("SLURM_CONF", None)
+
+
+def _wait(condition, timeout: float, what: str, logs_dir=None):
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            detail = ""
+            if logs_dir and os.path.isdir(logs_dir):
+                for name in sorted(os.listdir(logs_dir)):
+                    if name.endswith((".out", ".err")):
+                        detail += f"\n--- {name}\n" + open(os.path.join(logs_dir, name)).read()[-1500:]
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(1)
+
+
+def _queued(job_id: str) -> bool:
+    out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())
+
+
+def _submit(digits, logs, *overrides):
+    result = run_cli("submitit_openclip.py", "llip_tiny", f"train_data={digits['train']}",
+                     f"logs={logs}", "batch_size=16", "workers=1", *overrides)
+    assert result.returncode == 0, result.stderr[-2000:]
+    job_id = result.stdout.split("submitted job ")[1].split()[0]
+    return job_id
+
+
+def _steps(run_dir):
+    return [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+@pytest.mark.parametrize("nodes,tasks", [(2, 1), (1, 2)])
+def test_multi_process_training_on_slurm(slurm, digits, tmp_path, nodes, tasks):
+    steps = 12
+    job_id = _submit(digits, tmp_path, f"nodes={nodes}", f"gpus_per_node={tasks}",
+                     f"train_num_samples={16 * steps}", "checkpoint_every=6", "log_every=2")
+    run_dir = tmp_path / "llip_tiny"
+    folder = run_dir / "submitit"
+    _wait(lambda: not _queued(job_id), 300, f"job {job_id} to finish", folder)
+    rank0 = open(folder / f"{job_id}_0_log.out").read()
+    assert "on 2 process(es)" in rank0
+    for task in range(2):  # both ranks ran the job to the end
+        assert "Job completed successfully" in open(folder / f"{job_id}_{task}_log.err").read() \
+            + open(folder / f"{job_id}_{task}_log.out").read()
+    assert _steps(run_dir) == list(range(2, steps + 1, 2))
+    model, cfg, step = load_model(str(run_dir))  # sharded at 2 ranks, loaded at world size 1
+    assert step == steps and cfg.nodes == nodes
+
+
+def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_path):
+    import submitit
+    steps = 60
+    overrides = [f"train_num_samples={16 * steps}", "checkpoint_every=10", "log_every=1",
+                 "slurm_timeout_min=15"]
+    job_id = _submit(digits, tmp_path, *overrides)
+    run_dir = tmp_path / "llip_tiny"
+    folder = run_dir / "submitit"
+    first = run_dir / "checkpoints" / "step_00000010" / "COMPLETE"
+    _wait(first.exists, 240, "the first checkpoint", folder)
+
+    again = run_cli("submitit_openclip.py", "llip_tiny", f"train_data={digits['train']}",
+                    f"logs={tmp_path}", *overrides)
+    assert again.returncode == 2 and f"already has live job {job_id}" in again.stderr
+
+    submitit.SlurmJob(folder=folder, job_id=job_id)._interrupt()  # preemption: TERM + USR2
+    final = run_dir / "checkpoints" / f"step_{steps:08d}" / "COMPLETE"
+    _wait(lambda: final.exists() and not _queued(job_id), 400, "the requeued job to finish",
+          folder)
+    log = open(folder / f"{job_id}_0_log.out").read() + open(folder / f"{job_id}_0_log.err").read()
+    assert "resumed from" in log, log[-3000:]
+    assert _steps(run_dir) == list(range(1, steps + 1))  # every step exactly once
