@@ -34,12 +34,15 @@ def clip_loss(image_features, text_features, logit_scale, gather: Gather = None)
     labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
     image_to_text = scale * image_features @ all_texts.T
     text_to_image = scale * text_features @ all_images.T
-    return (F.cross_entropy(image_to_text, labels) + F.cross_entropy(text_to_image, labels)) / 2
+    # Reductions in fp32 whatever the compute dtype (bf16 under FSDP2 mixed precision).
+    return (F.cross_entropy(image_to_text.float(), labels)
+            + F.cross_entropy(text_to_image.float(), labels)) / 2
 
 
 def sigmoid_loss(logits: torch.Tensor, offset: int) -> torch.Tensor:
     """-sum_ij log sigmoid(z_ij s_ij) / B_local, z = +1 on the (offset) diagonal, -1 elsewhere."""
     n = logits.shape[0]
+    logits = logits.float()  # reductions in fp32 whatever the compute dtype
     z = -torch.ones_like(logits)
     z[torch.arange(n), torch.arange(n) + offset] = 1.0
     return -F.logsigmoid(z * logits).sum() / n

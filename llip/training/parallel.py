@@ -1,6 +1,9 @@
 """Everything that changes how the model runs, applied in one place: activation checkpointing,
 per-block compile, and FSDP2 sharding (per transformer block, then the root)."""
+import contextlib
+
 import torch
+import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from llip.models import transformer_blocks
@@ -8,6 +11,18 @@ from llip.models import transformer_blocks
 
 def use_bf16(cfg, device: torch.device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def sharded() -> bool:
+    """FSDP2 whenever there is a process group (torchrun / SLURM, even with one rank)."""
+    return dist.is_initialized()
+
+
+def autocast_for(cfg, device: torch.device):
+    """bf16 autocast for an unsharded model; FSDP2's MixedPrecisionPolicy does it otherwise."""
+    if use_bf16(cfg, device) and not sharded():
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def parallelize(model: torch.nn.Module, cfg, world) -> torch.nn.Module:
@@ -18,7 +33,7 @@ def parallelize(model: torch.nn.Module, cfg, world) -> torch.nn.Module:
     if cfg.torch_compile:
         for block in transformer_blocks(model):
             block.compile()
-    if world.size > 1:
+    if sharded():
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if use_bf16(cfg, world.device) else MixedPrecisionPolicy())
         for block in transformer_blocks(model):

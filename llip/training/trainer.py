@@ -5,7 +5,6 @@ Resume is exact by construction: the data stream and the RNG are re-seeded from
 step, and model + optimizer come back from DCP. So a run resumed from the checkpoint at step s
 sees the same batches and takes the same updates as a run that never stopped.
 """
-import contextlib
 import math
 import os
 import subprocess
@@ -22,7 +21,7 @@ from llip.models import build_model
 from llip.training import checkpoint, dist
 from llip.training.metrics import MetricsLogger
 from llip.training.optim import build_optimizer, lr_at
-from llip.training.parallel import parallelize, use_bf16
+from llip.training.parallel import autocast_for, parallelize
 
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -105,8 +104,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _loop(self, run_dir, model, optimizer, world, start, logger) -> None:
         cfg = self.cfg
-        autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16)
-                    if use_bf16(cfg, world.device) and world.size == 1 else contextlib.nullcontext())
+        autocast = autocast_for(cfg, world.device)
         gather = dist.gather_fn(world)
         batches = self._stream(world, start)
         window = torch.zeros(5, dtype=torch.float64)  # loss sum, steps, shards, samples, checksum
