@@ -20,3 +20,28 @@ def run_cli(*args, env=None, timeout=600, cwd=REPO):
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": REPO, **(env or {})}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def trained_clip(digits, tmp_path_factory):
+    """A clip_demo run trained for 110 steps on the digits, with checkpoints at 55 and 110."""
+    logs = tmp_path_factory.mktemp("clip_run")
+    result = run_cli("-m", "llip.main", "clip_demo", f"train_data={digits['train']}",
+                     f"logs={logs}", "epochs=10", "checkpoint_every=55", "keep_last=5",
+                     "log_every=50")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return os.path.join(logs, "clip_demo")
+
+
+def write_catalog(path, digits, changes=None):
+    """The demo catalog pointed at test shards; `changes` (name -> entry) edit or break it."""
+    import json
+    catalog = json.load(open(os.path.join(REPO, "config_evals", "demo_catalog.json")))
+    for entry in catalog.values():
+        if isinstance(entry, dict):
+            entry["path"] = digits["test"]
+    for name, entry in (changes or {}).items():
+        catalog[name] = entry
+    with open(path, "w") as f:
+        json.dump(catalog, f)
+    return str(path)

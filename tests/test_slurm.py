@@ -102,3 +102,23 @@ def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_pa
     log = open(folder / f"{job_id}_0_log.out").read() + open(folder / f"{job_id}_0_log.err").read()
     assert "resumed from" in log, log[-3000:]
     assert _steps(run_dir) == list(range(1, steps + 1))  # every step exactly once
+
+
+def test_eval_sweep_runs_as_a_slurm_job_array(slurm, trained_clip, digits, tmp_path):
+    import yaml
+    from conftest import write_catalog
+    sweep = {"checkpoints": [{"path": trained_clip, "all": True}],
+             "catalogs": [write_catalog(tmp_path / "catalog.json", digits)],
+             "datasets": ["digits", "digits_retrieval"], "batch_size": 128, "workers": 0,
+             "output_dir": str(tmp_path / "out"), "launcher": "slurm",
+             "slurm": {"timeout_min": 20, "cpus_per_task": 1, "array_parallelism": 4,
+                       "max_wait_min": 8}}
+    fname = tmp_path / "sweep.yaml"
+    fname.write_text(yaml.safe_dump(sweep))
+    result = run_cli("-m", "evals.main_mc", "--fname", str(fname), timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "submitted array" in result.stdout and "with 4 tasks" in result.stdout
+    assert len(os.listdir(tmp_path / "out" / "results")) == 4
+    import pandas as pd
+    wide = pd.read_csv(tmp_path / "out" / "results_wide.csv")
+    assert list(wide["step"]) == [55, 110] and wide["digits"].iloc[-1] > 0.5
