@@ -97,6 +97,10 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
         out["classnames"] = _string_list(entry["classnames"], "classnames", where, base_dir,
                                          allow_folder=entry["format"] == "imagefolder")
         out["templates"] = _string_list(entry["templates"], "templates", where, base_dir)
+        n = entry.get("classes")
+        if isinstance(out["classnames"], list) and n is not None and n != len(out["classnames"]):
+            raise ConfigError(f"{where}: {len(out['classnames'])} classnames but classes={n}: "
+                              "fix the list or the count")
         if not all("{c}" in t for t in out["templates"]):
             raise ConfigError(f"{where}: every template needs the placeholder {{c}}")
     return out

@@ -74,7 +74,9 @@ def classification_items(entry):
     if fmt == "imagefolder":
         root = os.path.join(path, entry["split"]) if entry.get("split") and \
             os.path.isdir(os.path.join(path, entry["split"])) else path
-        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
+        # Label order: numeric folder names (ImageNetV2's 0..999) sort as numbers.
+        classes.sort(key=lambda d: (0, int(d), "") if d.isdigit() else (1, 0, d))
         items = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
                  for f in sorted(os.listdir(os.path.join(root, c)))]
         names = entry["classnames"] if entry["classnames"] != "folder" else \

@@ -196,3 +196,47 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], \
             (needle, result.stderr)
     assert kept.exists()  # no bad input removed a finished result
+
+
+def test_shipped_catalog_and_sweep_configs_are_valid(tmp_path):
+    from evals.catalog import DEFAULT_CATALOG, load_catalogs
+    from evals.main_mc import load_sweep
+    catalog = load_catalogs([DEFAULT_CATALOG])
+    expected = {"imagenet1k": 1000, "cifar10": 10, "cifar100": 100, "food101": 101,
+                "fgvc_aircraft": 100, "dtd": 47, "pets": 37, "caltech101": 101,
+                "flowers102": 102, "gtsrb": 43, "resisc45": 45, "voc2007": 20}
+    for name, n in expected.items():
+        assert len(catalog[name]["classnames"]) == n, name
+    assert catalog["coco_retrieval"]["task"] == "retrieval"
+    for name in ("demo.yaml", "llip_b16_k32.yaml"):
+        sweep = load_sweep(os.path.join(os.path.dirname(__file__), "..", "config_evals", name))
+        assert sweep.checkpoints and sweep.output_dir
+    assert load_sweep(os.path.join(os.path.dirname(__file__), "..", "config_evals",
+                                   "llip_b16_k32.yaml")).eval_tau == [1, 3, 5, 8, 10]
+
+
+def test_imagefolder_and_karpathy_json_readers(tmp_path):
+    """File-based formats on real image files: numeric class folders sort as numbers."""
+    from PIL import Image
+    from evals.catalog import validate_entry
+    from evals.datasets import classification_items, retrieval_data
+    for label in (0, 2, 10):
+        folder = tmp_path / "val" / str(label)
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(folder / "a.png")
+    entry = validate_entry("x", {"task": "zeroshot_classification", "format": "imagefolder",
+                                 "path": str(tmp_path), "split": "val", "metric": "acc1",
+                                 "classnames": "folder", "templates": ["{c}"]}, "t", str(tmp_path))
+    items, names = classification_items(entry)
+    assert names == ["0", "2", "10"] and [label for _, label in items] == [0, 1, 2]
+    (tmp_path / "k.json").write_text(json.dumps([
+        {"image": "val/0/a.png", "caption": ["one", "two"]}, {"image": "val/2/a.png",
+                                                               "caption": "three"}]))
+    entry = validate_entry("r", {"task": "retrieval", "format": "json", "path":
+                                 str(tmp_path / "k.json"), "image_root": str(tmp_path),
+                                 "metric": "image_retrieval_recall@1"}, "t", str(tmp_path))
+    cfg = resolve("clip_tiny")
+    captions, owner, batches = retrieval_data(entry, transform_for(cfg, False), 4, 0)
+    assert captions == ["one", "two", "three"] and owner == [0, 0, 1]
+    images, index = next(batches)
+    assert images.shape == (2, 3, 32, 32) and index.tolist() == [0, 1]
