@@ -52,7 +52,7 @@ def plot(long: pd.DataFrame, path: str) -> None:
             curve = curve.sort_values("step")
             ax.plot(curve["step"], curve["value"], marker="o",
                     label=model + (f" tau={tau}" if tau else ""))
-        ax.set_title(f"{dataset} ({part['metric'].iloc[0]})")
+        ax.set_title(f"{dataset} ({part['metric'].iloc[0]})", fontsize=9)
         ax.set_xlabel("training step")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -45,7 +45,7 @@ DEMO = dataclasses.replace(
     mixture_tokens=8, cross_attn_heads=4,
     train_data="data/digits/train-{000000..000005}.tar", train_num_samples=1437,
     epochs=40, batch_size=128, lr=2e-3, warmup_steps=40, workers=2, shuffle_buffer=500,
-    checkpoint_every=100, log_every=25, logs="./logs",
+    checkpoint_every=100, keep_last=5, log_every=25, logs="./logs",
 )
 
 
