@@ -24,7 +24,8 @@ from llip.config import ConfigError
 TASKS = ("zeroshot_classification", "retrieval")
 FORMATS = ("wds", "imagefolder", "filelist", "json")
 CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
-RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10))
+RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}"
+                          for d in ("image", "text") for k in (1, 5, 10))
 OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")

@@ -19,6 +19,7 @@ from evals.aggregate import aggregate
 from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
 from evals.runner import result_path, run_task
 from llip.config import ConfigError, closest
+from llip.training import checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,8 +85,6 @@ def load_sweep(path: str) -> SweepConfig:
 def expand_checkpoints(specs) -> list[str]:
     """Each spec -> checkpoint paths: a .pt file, a checkpoint dir, a run dir (its latest, or
     every complete checkpoint with {path: run_dir, all: true}), or a glob of those."""
-    from evals.checkpoints import resolve_checkpoint
-    from llip.training import checkpoint
     found = []
     for spec in specs:
         every = isinstance(spec, dict) and spec.get("all", False)
@@ -102,17 +101,15 @@ def expand_checkpoints(specs) -> list[str]:
                     raise ConfigError(f"no complete checkpoint in run dir {path}")
                 found.extend(all_ckpts)
             else:
-                found.append(resolve_checkpoint(path))
+                found.append(checkpoint.resolve_checkpoint(path))
     return list(dict.fromkeys(found))
 
 
 def checkpoint_tag(path: str) -> str:
-    from evals.checkpoints import run_config
-    from llip.training import checkpoint
     if os.path.isfile(path):
         return os.path.splitext(os.path.basename(path))[0]
     run_dir = os.path.dirname(os.path.dirname(path))
-    return f"{run_config(run_dir).name}__step{checkpoint.step_of(path):08d}"
+    return f"{checkpoint.run_config(run_dir).name}__step{checkpoint.step_of(path):08d}"
 
 
 def build_tasks(sweep: SweepConfig) -> list[dict]:

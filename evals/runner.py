@@ -7,10 +7,10 @@ import time
 
 import torch
 
-from evals.checkpoints import load_model
 from evals.datasets import classification_batches, retrieval_data
 from evals.zeroshot import class_embeddings, classify, encode_texts, retrieve
 from llip.data import tokenizer_for, transform_for
+from llip.training.checkpoint import load_model
 
 
 def result_path(output_dir: str, checkpoint_tag: str, dataset: str, tau) -> str:

@@ -138,7 +138,8 @@ class RunConfig:
     def require_training_inputs(self) -> None:
         """Checks that only matter when training starts (a config may be printed without data)."""
         if not self.train_data:
-            raise ConfigError("train_data is empty: set train_data=/path/shard-{000000..000099}.tar")
+            raise ConfigError("train_data is empty: set "
+                              "train_data=/path/shard-{000000..000099}.tar")
         if self.train_num_samples < 1:
             raise ConfigError("train_num_samples is not set: give train_num_samples=N "
                               "(samples per epoch)")

@@ -13,11 +13,13 @@ from llip.config import ConfigError, list_configs, resolve, to_dict
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m llip.main", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llip.main",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", help="a registered config name (see --list)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of config fields")
     parser.add_argument("--list", action="store_true", help="list configs and exit")
-    parser.add_argument("--print", action="store_true", help="print the resolved config, no training")
+    parser.add_argument("--print", action="store_true",
+                        help="print the resolved config, no training")
     return parser.parse_args(argv)
 
 
@@ -30,7 +32,8 @@ def main(argv=None) -> int:
     if not args.config:
         print("error: give a config name (python -m llip.main --list shows them)", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("llip").setLevel(logging.INFO)
     try:
         cfg = resolve(args.config, args.overrides)

@@ -1,7 +1,6 @@
 """WebDataset streaming on real tar shards: corruption is skipped and counted, URLs through
 fsspec/pipe work, and the stream is a deterministic function of (seed, rank, worker, step)."""
 import io
-import os
 import random
 
 import pytest
@@ -11,8 +10,14 @@ from PIL import Image
 
 from llip.config import ConfigError, resolve
 from llip.data import tokenizer_for, transform_for
-from llip.data.stream import (SkipCounter, ShardStream, build_train_stream, check_shards,
-                              decode_samples, expand_sources)
+from llip.data.stream import (
+    ShardStream,
+    SkipCounter,
+    build_train_stream,
+    check_shards,
+    decode_samples,
+    expand_sources,
+)
 
 
 def _png(seed: int) -> bytes:

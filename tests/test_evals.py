@@ -9,13 +9,13 @@ import torch
 import yaml
 
 from conftest import run_cli, write_catalog
-from evals.checkpoints import load_model
 from evals.datasets import classification_batches
 from evals.zeroshot import class_embeddings, classify, retrieve
 from llip.config import resolve
 from llip.data import tokenizer_for, transform_for
 from llip.data.digits import CLASSNAMES, EVAL_TEMPLATES
 from llip.models import DualEncoder, LlipModel
+from llip.training.checkpoint import load_model
 
 DIGITS = {"name": "digits", "format": "wds", "label_key": "cls", "classnames": CLASSNAMES}
 
@@ -166,7 +166,8 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
     fname = _sweep(tmp_path, [trained_clip], catalog, datasets=("digits", "broken"))
     result = run_cli("-m", "evals.main_mc", "--fname", fname)
     assert result.returncode == 1  # one task failed, named in one line; the other was kept
-    assert "broken: FAILED: dataset 'broken':" in result.stdout and "does not exist" in result.stdout
+    assert "broken: FAILED: dataset 'broken':" in result.stdout
+    assert "does not exist" in result.stdout
     kept = tmp_path / "out" / "results" / "clip_demo__step00000110__digits.json"
     assert kept.exists()
 
@@ -218,6 +219,7 @@ def test_shipped_catalog_and_sweep_configs_are_valid(tmp_path):
 def test_imagefolder_and_karpathy_json_readers(tmp_path):
     """File-based formats on real image files: numeric class folders sort as numbers."""
     from PIL import Image
+
     from evals.catalog import validate_entry
     from evals.datasets import classification_items, retrieval_data
     for label in (0, 2, 10):

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from evals.checkpoints import load_model
+from llip.training.checkpoint import load_model
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,8 @@ def _wait(condition, timeout: float, what: str, logs_dir=None):
             if logs_dir and os.path.isdir(logs_dir):
                 for name in sorted(os.listdir(logs_dir)):
                     if name.endswith((".out", ".err")):
-                        detail += f"\n--- {name}\n" + open(os.path.join(logs_dir, name)).read()[-1500:]
+                        text = open(os.path.join(logs_dir, name)).read()
+                        detail += f"\n--- {name}\n{text[-1500:]}"
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(1)
 
@@ -106,6 +107,7 @@ def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_pa
 
 def test_eval_sweep_runs_as_a_slurm_job_array(slurm, trained_clip, digits, tmp_path):
     import yaml
+
     from conftest import write_catalog
     sweep = {"checkpoints": [{"path": trained_clip, "all": True}],
              "catalogs": [write_catalog(tmp_path / "catalog.json", digits)],

@@ -89,7 +89,8 @@ def _resampled_shards(sources, weights, rng):
 
 
 def _partitioned_shards(sources, rng, index, count):
-    """Without resampling: a disjoint slice of all shards per (rank, worker), reshuffled per pass."""
+    """Without resampling: a disjoint slice of the shards per (rank, worker), reshuffled
+    every pass."""
     urls = [u for s in sources for u in s]
     if len(urls) < count:
         raise RuntimeError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
@@ -132,7 +133,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             shards = _resampled_shards(self.sources, self.weights, rng)
         else:
             shards = _partitioned_shards(self.sources, random.Random(self.seed),
-                                         self.rank * n_workers + worker, self.world_size * n_workers)
+                                         self.rank * n_workers + worker,
+                                         self.world_size * n_workers)
         images, captions = [], []
         for image, caption in decode_samples(shards, self.transform, self.shuffle_buffer, rng,
                                              shard_errors, sample_errors):

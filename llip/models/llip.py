@@ -9,8 +9,9 @@ Every pair (i, j) has its own x_ij, so the naive score materialises B_img x B_tx
 path never builds x_ij: with U_i[(h,k)] = W_o[:, h] v_ik^h,
     <x_ij, y_j> = sum_hk a_ijk (v_ik^h . (W_o^T y_j)^h)       (linear in a)
     |x_ij|^2    = a_ij^T (U_i U_i^T) a_ij                      (quadratic form, HK x HK Gram)
-which costs (HK)^2 per pair for the norm instead of D^2 for W_o x, and it runs over blocks of texts whose activations
-are recomputed in backward, so memory is bounded by B_img x chunk x HK whatever the batch.
+which costs (HK)^2 per pair for the norm instead of D^2 for W_o x. It runs over blocks of texts
+whose activations are recomputed in backward, so memory is bounded by B_img x chunk x HK
+whatever the batch.
 """
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,11 @@ import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
+import yaml
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from llip.config import ConfigError, from_dict
+from llip.models import build_model
 from llip.training import dist
 
 MARKER = "COMPLETE"
@@ -100,3 +103,42 @@ def clean_partial(run_dir: str) -> None:
         for d in os.listdir(root):
             if d.endswith(".tmp"):
                 shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+# ---------------------------------------------------------------- inference loading
+def run_config(run_dir: str):
+    path = os.path.join(run_dir, "config.yaml")
+    if not os.path.exists(path):
+        raise ConfigError(f"no config.yaml in {run_dir}: is it a run directory of llip.main?")
+    saved = yaml.safe_load(open(path))
+    saved.pop("git_commit", None)
+    return from_dict(saved)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run dir means its latest complete checkpoint; a checkpoint dir must be complete."""
+    if os.path.exists(os.path.join(path, MARKER)):
+        return path
+    found = latest(path)
+    if found is None:
+        raise ConfigError(f"no complete checkpoint at {path}: give a run dir or a "
+                          "checkpoints/step_* dir")
+    return found
+
+
+def load_model(path: str, device="cpu"):
+    """A run dir, a DCP checkpoint dir or an exported .pt -> (model in eval mode, config, step)."""
+    if os.path.isfile(path):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = from_dict(blob["config"])
+        model = build_model(cfg)
+        model.load_state_dict(blob["state_dict"])
+        return model.to(device).eval(), cfg, int(blob["step"])
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint {path} does not exist: give a run dir, a "
+                          "checkpoints/step_* dir or an exported .pt file")
+    ckpt = resolve_checkpoint(path)
+    cfg = run_config(os.path.dirname(os.path.dirname(ckpt)))
+    model = build_model(cfg)
+    state = load(ckpt, model)
+    return model.to(device).eval(), cfg, int(state["step"])

@@ -12,10 +12,10 @@ import sys
 import torch
 
 from llip.config import ConfigError, to_dict
+from llip.training.checkpoint import load_model
 
 
 def export(path: str, out: str) -> str:
-    from evals.checkpoints import load_model
     model, cfg, step = load_model(path)
     tmp = out + ".tmp"
     torch.save({"state_dict": model.state_dict(), "config": to_dict(cfg), "step": step}, tmp)
