@@ -9,7 +9,7 @@ import os
 import sys
 
 from llip.config import ConfigError, resolve
-from llip.data.stream import check_shards, expand_sources
+from llip.training.trainer import checked_for_training
 
 
 def main(argv=None) -> int:
@@ -21,9 +21,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         from llip.training import launcher
-        cfg = resolve(args.config, args.overrides)
-        cfg.require_training_inputs()
-        check_shards(expand_sources(cfg.train_data))
+        cfg = checked_for_training(resolve(args.config, args.overrides))
         live = None if args.dry_run else launcher.live_job(cfg)
         if live:
             raise ConfigError(f"run dir {launcher.run_dir_of(cfg)} already has live job {live}: "

@@ -136,13 +136,11 @@ class RunConfig:
         return self
 
     def require_training_inputs(self) -> None:
-        """Checks that only matter when training starts (a config may be printed without data)."""
+        """Checks that only matter when training starts (a config may be printed without data);
+        train_num_samples may still be 0 here: llip.data.stream.with_dataset_size fills it."""
         if not self.train_data:
             raise ConfigError("train_data is empty: set "
                               "train_data=/path/shard-{000000..000099}.tar")
-        if self.train_num_samples < 1:
-            raise ConfigError("train_num_samples is not set: give train_num_samples=N "
-                              "(samples per epoch)")
 
 
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

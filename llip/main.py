@@ -41,7 +41,6 @@ def main(argv=None) -> int:
             print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
             return 0
         from llip.training.trainer import Trainer  # heavy imports only when training
-        cfg.require_training_inputs()
         Trainer(cfg)()
     except ConfigError as exn:
         print(f"error: {exn}", file=sys.stderr)

@@ -9,7 +9,9 @@
 * Corrupt samples and unreadable shards are skipped with a warning and counted; every batch
   carries the counts since the previous batch of its worker, so the trainer can log exact totals.
 """
+import dataclasses
 import hashlib
+import json
 import logging
 import os
 import random
@@ -23,7 +25,7 @@ from llip.config import ConfigError
 
 log = logging.getLogger("llip.data")
 IMAGE_KEYS = "jpg;jpeg;png;webp"
-TEXT_KEYS = "txt;json"
+TEXT_KEYS = "json;txt"  # json {"captions": [...]} first: one random caption per use
 MAX_CONSECUTIVE_SHARD_ERRORS = 200  # a stream where nothing is readable must fail, not spin
 
 
@@ -52,6 +54,37 @@ def check_shards(sources: list[list[str]]) -> None:
         if missing:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")
+
+
+def manifest_samples(sources: list[list[str]]):
+    """Samples in all sources according to the manifest.json that llip.data.convert writes
+    next to its shards; None unless every shard is listed in one."""
+    total = 0
+    for urls in sources:
+        paths = [local_path(u) for u in urls]
+        if not paths or None in paths:
+            return None
+        manifest = os.path.join(os.path.dirname(paths[0]), "manifest.json")
+        if not os.path.exists(manifest):
+            return None
+        counts = json.load(open(manifest))["shards"]
+        if any(os.path.basename(p) not in counts for p in paths):
+            return None
+        total += sum(counts[os.path.basename(p)] for p in paths)
+    return total
+
+
+def with_dataset_size(cfg):
+    """The config with train_num_samples from the shards' manifest when the user gave none."""
+    if cfg.train_num_samples > 0:
+        return cfg
+    n = manifest_samples(expand_sources(cfg.train_data))
+    if not n:
+        raise ConfigError("train_num_samples is not set and no manifest.json (written by "
+                          "python -m llip.data.convert) covers train_data: give "
+                          "train_num_samples=N")
+    log.info("train_num_samples=%d from the shards' manifest", n)
+    return dataclasses.replace(cfg, train_num_samples=n)
 
 
 def stream_seed(*parts: int) -> int:
@@ -105,8 +138,8 @@ def _partitioned_shards(sources, rng, index, count):
 def _caption(text, rng: random.Random) -> str:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    if isinstance(text, dict):  # json member: {"caption": str | [str, ...]}
-        text = text.get("caption", text.get("captions", ""))
+    if isinstance(text, dict):  # json member: {"caption": str} or {"captions": [str, ...]}
+        text = text.get("captions", text.get("caption", ""))
     if isinstance(text, (list, tuple)):
         text = rng.choice(text) if text else ""
     return str(text)

@@ -15,7 +15,13 @@ import yaml
 
 from llip.config import to_dict
 from llip.data import tokenizer_for, transform_for
-from llip.data.stream import build_train_stream, check_shards, expand_sources, stream_seed
+from llip.data.stream import (
+    build_train_stream,
+    check_shards,
+    expand_sources,
+    stream_seed,
+    with_dataset_size,
+)
 from llip.losses import contrastive_loss
 from llip.models import build_model
 from llip.training import checkpoint, dist
@@ -44,9 +50,16 @@ def _scalar(param) -> float:
     return float(param.full_tensor() if hasattr(param, "full_tensor") else param)
 
 
+def checked_for_training(cfg):
+    """Fail before any work on what a run cannot start without; size the data if needed."""
+    cfg.require_training_inputs()
+    check_shards(expand_sources(cfg.train_data))
+    return with_dataset_size(cfg)
+
+
 class Trainer:
     def __init__(self, cfg):
-        self.cfg = cfg
+        self.cfg = checked_for_training(cfg)
 
     def __call__(self) -> str:
         world = dist.setup()
@@ -58,8 +71,6 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def train(self, world) -> str:
         cfg, run_dir = self.cfg, run_dir_of(self.cfg)
-        cfg.require_training_inputs()
-        check_shards(expand_sources(cfg.train_data))
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = parallelize(build_model(cfg), cfg, world)
         optimizer = build_optimizer(model, cfg)
