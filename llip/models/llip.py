@@ -40,17 +40,29 @@ def pair_scores_naive(keys, values, queries, targets, w_out, heads, tau):
     return (F.normalize(x, dim=-1, eps=EPS) * targets).sum(-1)
 
 
+def _by_head(x, heads):
+    """(B, K, D) -> (H, B*K, D/H): one GEMM operand per head."""
+    b, k, d = x.shape
+    return x.reshape(b * k, heads, d // heads).transpose(0, 1)
+
+
 def pair_scores_factored(keys, values, queries, targets, w_out, heads, tau):
-    """Same value as pair_scores_naive without materialising x_ij (see module docstring)."""
+    """Same value as pair_scores_naive without materialising x_ij (see module docstring).
+    Every pairwise term is a large GEMM: (Bi*K x d_h) @ (d_h x Bt) per head, and the norm a
+    batched (HK x HK) @ (HK x Bt) product per image."""
     bi, k, d = keys.shape
-    vh = values.view(bi, k, heads, d // heads)
-    a = _attention(keys, queries, heads, tau)  # Bi, Bt, H, K
-    y_back = (targets @ w_out).view(-1, heads, d // heads)  # W_o^T y_j, split by head
-    numer = torch.einsum("ithk,ikhd,thd->it", a, vh, y_back)
-    u = torch.einsum("ikhd,ehd->ihke", vh, w_out.view(d, heads, d // heads)).flatten(1, 2)
+    bt, dh = queries.shape[0], d // heads
+    q = queries.view(bt, heads, dh).permute(1, 2, 0)  # H, dh, Bt
+    logits = torch.bmm(_by_head(keys, heads), q).view(heads, bi, k, bt)
+    a = (logits / tau).softmax(dim=2)  # H, Bi, K, Bt
+    y_back = (targets @ w_out).view(bt, heads, dh).permute(1, 2, 0)  # (W_o^T y_j) per head
+    vh = _by_head(values, heads)  # H, Bi*K, dh
+    numer = (torch.bmm(vh, y_back).view(heads, bi, k, bt) * a).sum(dim=(0, 2))
+    u = torch.bmm(vh, w_out.view(d, heads, dh).permute(1, 2, 0))  # H, Bi*K, D: W_o[:, h] v
+    u = u.view(heads, bi, k, d).permute(1, 0, 2, 3).reshape(bi, heads * k, d)
     gram = u @ u.transpose(1, 2)  # Bi, HK, HK
-    af = a.flatten(2)  # Bi, Bt, HK
-    sq_norm = (torch.bmm(af, gram) * af).sum(-1)
+    af = a.permute(1, 0, 2, 3).reshape(bi, heads * k, bt)  # Bi, HK, Bt
+    sq_norm = (torch.bmm(gram, af) * af).sum(dim=1)
     return numer / sq_norm.clamp_min(0).sqrt().clamp_min(EPS)
 
 
