@@ -167,3 +167,19 @@ def test_source_mixing_matches_weights(tmp_path):
     assert chi2(weights) < critical, counts
     assert chi2([1 / 3] * 3) > critical, counts
     assert expand_sources("a-{0..1}.tar::b.tar") == [["a-0.tar", "a-1.tar"], ["b.tar"]]
+
+
+def test_attribute_benchmark_generator_writes_shards_and_a_valid_catalog(tmp_path):
+    from evals.catalog import load_catalogs
+    from evals.datasets import classification_batches
+    from llip.data.attributes import build
+    specs = build(str(tmp_path), n_train=40, n_test=30)
+    catalog = load_catalogs([specs["catalog"]])
+    assert sorted(catalog) == ["color", "position", "shape"]
+    cfg = resolve("llip_tiny")
+    for name, entry in catalog.items():
+        batches, classnames = classification_batches(entry, lambda im: torch.zeros(1), 64, 0)
+        labels = torch.cat([y for _, y in batches])
+        assert len(labels) == 30 and labels.max() < len(classnames) == 4, name
+    captions = [s["txt"] for s in wds.WebDataset(specs["train"], shardshuffle=False)]
+    assert len(captions) == 40 and cfg.context_length >= max(len(c.split()) for c in captions)
