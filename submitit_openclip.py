@@ -8,10 +8,11 @@ import argparse
 import os
 import sys
 
-from llip.config import ConfigError, resolve
+from llip.config import ConfigError, cli, resolve
 from llip.training.trainer import checked_for_training
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config")
@@ -19,23 +20,19 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
     parser.add_argument("--local", action="store_true", help="submitit's local executor, no SLURM")
     args = parser.parse_args(argv)
-    try:
-        from llip.training import launcher
-        cfg = checked_for_training(resolve(args.config, args.overrides))
-        live = None if args.dry_run else launcher.live_job(cfg)
-        if live:
-            raise ConfigError(f"run dir {launcher.run_dir_of(cfg)} already has live job {live}: "
-                              f"wait for it, `scancel {live}`, or pick another name=")
-        if args.dry_run:
-            print(launcher.sbatch_script(cfg))
-            return 0
-        executor = launcher.make_executor(cfg, local=args.local)
-        os.makedirs(launcher.submitit_folder(cfg), exist_ok=True)
-        job = executor.submit(launcher.SlurmTrainer(cfg))
-        launcher.record_job(cfg, job.job_id)
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    from llip.training import launcher
+    cfg = checked_for_training(resolve(args.config, args.overrides))
+    live = None if args.dry_run else launcher.live_job(cfg)
+    if live:
+        raise ConfigError(f"run dir {launcher.run_dir_of(cfg)} already has live job {live}: "
+                          f"wait for it, `scancel {live}`, or pick another name=")
+    if args.dry_run:
+        print(launcher.sbatch_script(cfg))
+        return 0
+    executor = launcher.make_executor(cfg, local=args.local)
+    os.makedirs(launcher.submitit_folder(cfg), exist_ok=True)
+    job = executor.submit(launcher.SlurmTrainer(cfg))
+    launcher.record_job(cfg, job.job_id)
     print(f"submitted job {job.job_id} ({cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)), "
           f"run dir {launcher.run_dir_of(cfg)}\n"
           f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"

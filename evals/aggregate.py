@@ -12,7 +12,7 @@ import sys
 
 import pandas as pd
 
-from llip.config import ConfigError
+from llip.config import ConfigError, cli
 
 
 def read_results(output_dir: str) -> list[dict]:
@@ -76,15 +76,11 @@ def aggregate(output_dir: str, quiet: bool = False) -> pd.DataFrame:
     return wide
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
-    try:
-        aggregate(parser.parse_args(argv).output_dir)
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
-    return 0
+    aggregate(parser.parse_args(argv).output_dir)
 
 
 if __name__ == "__main__":

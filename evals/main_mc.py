@@ -18,7 +18,7 @@ import yaml
 from evals.aggregate import aggregate
 from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
 from evals.runner import result_path, run_task
-from llip.config import ConfigError, closest
+from llip.config import ConfigError, cli, closest
 from llip.training import checkpoint
 
 
@@ -175,24 +175,20 @@ def run_slurm(tasks, sweep: SweepConfig) -> int:
     return failures
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fname", required=True, help="YAML eval config")
-    args = parser.parse_args(argv)
-    try:
-        sweep = load_sweep(args.fname)
-        tasks = build_tasks(sweep)
-        todo = [t for t in tasks if not os.path.exists(t["output"])]
-        print(f"{len(tasks)} eval tasks, {len(tasks) - len(todo)} already done, "
-              f"{len(todo)} to run ({sweep.launcher})", flush=True)
-        os.makedirs(sweep.output_dir, exist_ok=True)
-        failures = run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
-            run_local(todo)
-        print()
-        aggregate(sweep.output_dir)
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    sweep = load_sweep(parser.parse_args(argv).fname)
+    tasks = build_tasks(sweep)
+    todo = [t for t in tasks if not os.path.exists(t["output"])]
+    print(f"{len(tasks)} eval tasks, {len(tasks) - len(todo)} already done, "
+          f"{len(todo)} to run ({sweep.launcher})", flush=True)
+    os.makedirs(sweep.output_dir, exist_ok=True)
+    failures = run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
+        run_local(todo)
+    print()
+    aggregate(sweep.output_dir)
     return 1 if failures else 0
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
+import sys
 from typing import Callable
 
 LOSSES = ("clip", "siglip", "llip")
@@ -146,6 +148,18 @@ class RunConfig:
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{field}={value!r} is not one of {', '.join(allowed)}")
+
+
+def cli(main: Callable) -> Callable:
+    """A command's main(argv): a ConfigError ends it with one line on stderr and exit code 2."""
+    @functools.wraps(main)
+    def run(argv=None) -> int:
+        try:
+            return main(argv) or 0
+        except ConfigError as exn:
+            print(f"error: {exn}", file=sys.stderr)
+            return 2
+    return run
 
 
 # ---------------------------------------------------------------- registry

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from llip.config import ConfigError, list_configs, resolve, to_dict
+from llip.config import cli, list_configs, resolve, to_dict
 
 
 def parse_args(argv):
@@ -23,6 +23,7 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+@cli
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
@@ -35,16 +36,12 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("llip").setLevel(logging.INFO)
-    try:
-        cfg = resolve(args.config, args.overrides)
-        if args.print:
-            print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
-            return 0
-        from llip.training.trainer import Trainer  # heavy imports only when training
-        Trainer(cfg)()
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    cfg = resolve(args.config, args.overrides)
+    if args.print:
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from llip.training.trainer import Trainer  # heavy imports only when training
+    Trainer(cfg)()
     return 0
 
 

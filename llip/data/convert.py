@@ -28,7 +28,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from llip.config import ConfigError
+from llip.config import ConfigError, cli
 
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -181,6 +181,7 @@ def write_manifest(out_dir, shard_stats) -> dict:
     return manifest
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="convert image-caption data to WebDataset shards")
     parser.add_argument("kind", choices=["json", "csv", "folder", "karpathy"])
@@ -198,22 +199,18 @@ def main(argv=None) -> int:
     parser.add_argument("--caption-column", default="title")
     parser.add_argument("--sep", default=None, help="CSV separator (default: tab for .tsv)")
     args = parser.parse_args(argv)
-    try:
-        if not os.path.exists(args.input):
-            raise ConfigError(f"input {args.input} does not exist")
-        if args.kind in ("json", "karpathy"):
-            records = read_json(args.input, args.image_root, args.image_key, args.caption_key)
-        elif args.kind == "csv":
-            sep = args.sep or ("\t" if args.input.endswith(".tsv") else ",")
-            records = read_csv(args.input, args.image_root, args.image_column,
-                               args.caption_column, sep.encode().decode("unicode_escape"))
-        else:
-            records = read_folder(args.input)
-        manifest = convert(records, args.out, args.per_shard, args.resize, args.format,
-                           args.quality, args.workers)
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    if not os.path.exists(args.input):
+        raise ConfigError(f"input {args.input} does not exist")
+    if args.kind in ("json", "karpathy"):
+        records = read_json(args.input, args.image_root, args.image_key, args.caption_key)
+    elif args.kind == "csv":
+        sep = args.sep or ("\t" if args.input.endswith(".tsv") else ",")
+        records = read_csv(args.input, args.image_root, args.image_column,
+                           args.caption_column, sep.encode().decode("unicode_escape"))
+    else:
+        records = read_folder(args.input)
+    manifest = convert(records, args.out, args.per_shard, args.resize, args.format,
+                       args.quality, args.workers)
     print(f"{manifest['total_samples']} samples in {len(manifest['shards'])} shards: "
           f"{manifest['spec']}\n{manifest['failed']} skipped (see {args.out}/failed.tsv)")
     return 0

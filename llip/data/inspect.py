@@ -14,7 +14,7 @@ import textwrap
 import webdataset as wds
 from PIL import Image
 
-from llip.config import ConfigError
+from llip.config import ConfigError, cli
 from llip.data.stream import IMAGE_KEYS, check_shards, expand_sources, manifest_samples
 
 IMAGE_EXTS = tuple(IMAGE_KEYS.split(";"))
@@ -79,23 +79,20 @@ def save_grid(items, path: str) -> None:
     plt.close(fig)
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("spec")
     parser.add_argument("--grid", default="", help="PNG path for a grid of sample images")
     parser.add_argument("--fast", action="store_true", help="count from manifest.json only")
     args = parser.parse_args(argv)
-    try:
-        if args.fast:
-            n = manifest_samples(expand_sources(args.spec))
-            if n is None:
-                raise ConfigError("no manifest.json covers these shards: run without --fast")
-            print(f"samples: {n} (from manifest.json)")
-            return 0
-        stats = scan(args.spec)
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
+    if args.fast:
+        n = manifest_samples(expand_sources(args.spec))
+        if n is None:
+            raise ConfigError("no manifest.json covers these shards: run without --fast")
+        print(f"samples: {n} (from manifest.json)")
+        return 0
+    stats = scan(args.spec)
     words = stats["caption_words"]
     print(f"samples:        {stats['samples']}")
     print(f"corrupt:        {len(stats['corrupt'])}")

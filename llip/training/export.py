@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from llip.config import ConfigError, to_dict
+from llip.config import cli, to_dict
 from llip.training.checkpoint import load_model
 
 
@@ -23,17 +23,13 @@ def export(path: str, out: str) -> str:
     return out
 
 
+@cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("out")
     args = parser.parse_args(argv)
-    try:
-        print(f"exported {export(args.checkpoint, args.out)}")
-    except ConfigError as exn:
-        print(f"error: {exn}", file=sys.stderr)
-        return 2
-    return 0
+    print(f"exported {export(args.checkpoint, args.out)}")
 
 
 if __name__ == "__main__":
