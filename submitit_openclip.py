@@ -31,8 +31,7 @@ def main(argv=None) -> int:
         return 0
     executor = launcher.make_executor(cfg, local=args.local)
     os.makedirs(launcher.submitit_folder(cfg), exist_ok=True)
-    job = executor.submit(launcher.SlurmTrainer(cfg))
-    launcher.record_job(cfg, job.job_id)
+    job = launcher.submit(executor, cfg)
     print(f"submitted job {job.job_id} ({cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)), "
           f"run dir {launcher.run_dir_of(cfg)}\n"
           f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"

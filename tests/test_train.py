@@ -157,3 +157,31 @@ def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path):
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
     assert blob["step"] == 6 and blob["config"]["name"] == "run"
     model.load_state_dict(blob["state_dict"])
+
+
+def test_submit_cli_dry_run_and_no_slurm_errors(digits, tmp_path, monkeypatch):
+    dry = run_cli("submitit_openclip.py", "llip_b16", f"train_data={digits['train']}",
+                  f"logs={tmp_path}", "slurm_partition=learn", "slurm_mem_gb=480", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    for line in ("#SBATCH --nodes=16", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --partition=learn", "#SBATCH --mem=480GB", "#SBATCH --signal=USR2@120",
+                 "#SBATCH --job-name=llip_b16"):
+        assert line in dry.stdout, line
+    args = ["submitit_openclip.py", "llip_tiny", f"train_data={digits['train']}",
+            f"logs={tmp_path}"]
+    no_slurm = run_cli(*args, env={"PATH": str(tmp_path)})  # no sbatch/srun on PATH
+    assert no_slurm.returncode == 2
+    assert "no SLURM on this machine" in no_slurm.stderr and "--local" in no_slurm.stderr
+    fake = tmp_path / "bin"  # SLURM clients present, but the controller refuses
+    fake.mkdir()
+    for tool in ("srun", "squeue"):
+        (fake / tool).write_text("#!/bin/sh\nexit 0\n")
+    (fake / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Unable to contact slurm "
+                                 "controller' >&2\nexit 1\n")
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    refused = run_cli(*args, env={"PATH": f"{fake}:/usr/bin:/bin"})
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    # sbatch's own line may pass through first; ours closes it, and there is no traceback
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert lines[-1].startswith("error: sbatch failed: sbatch: error: Unable to contact slurm")

@@ -67,6 +67,19 @@ def make_executor(cfg, local: bool = False):
     return executor
 
 
+def submit(executor, cfg):
+    """Submit the run; a scheduler that refuses or cannot be reached is one line, not a trace."""
+    try:
+        job = executor.submit(SlurmTrainer(cfg))
+    except submitit.core.utils.FailedJobError as exn:
+        lines = [line for line in str(exn).splitlines() if line.strip()]
+        raise ConfigError(f"sbatch failed: {lines[-1] if lines else exn} (is SLURM reachable? "
+                          "check SLURM_CONF and that slurmctld runs)") from None
+    if not isinstance(executor, submitit.LocalExecutor):
+        record_job(cfg, job.job_id)
+    return job
+
+
 def sbatch_script(cfg) -> str:
     """The script `sbatch` would get; needs no SLURM on this machine."""
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls
