@@ -42,7 +42,7 @@ def measure(name: str, batch: int, steps: int, world) -> dict:
     torch.cuda.synchronize()
     elapsed = time.time() - start
     return {"config": name, "batch": batch, "samples_per_s": steps * batch / elapsed,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "loss": loss}
+            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2 ** 30, "loss": loss.item()}
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ def _reference():
     torch.manual_seed(0)
     model = build_model(cfg)
     optimizer = build_optimizer(model, cfg)
-    losses = [train_step(model, optimizer, cfg, x, t, cfg.lr, contextlib.nullcontext(), None)
-              for x, t in _batches()]
+    losses = [train_step(model, optimizer, cfg, x, t, cfg.lr, contextlib.nullcontext(),
+                         None).item() for x, t in _batches()]
     return losses, model.state_dict()
 
 
@@ -60,7 +60,7 @@ def _worker(rank, port, ckpt_dir, queue):
     for x, t in _batches():
         loss = train_step(model, optimizer, cfg, x[local], t[local], cfg.lr,
                           contextlib.nullcontext(), llip_dist.gather_with_grad)
-        losses.append(llip_dist.all_reduce_mean(torch.tensor([loss])).item())
+        losses.append(llip_dist.all_reduce_mean(loss.reshape(1)).item())
     checkpoint.save(ckpt_dir, STEPS, model, optimizer, {"step": STEPS}, keep_last=1,
                     is_main=rank == 0)
     if rank == 0:

@@ -118,15 +118,18 @@ class Trainer:
         autocast = autocast_for(cfg, world.device)
         gather = dist.gather_fn(world)
         batches = self._stream(world, start)
-        window = torch.zeros(5, dtype=torch.float64)  # loss sum, steps, shards, samples, checksum
+        # loss sum, steps, skipped shards, skipped samples, data checksum: kept on the device
+        # and read only at log steps, so that no step waits for a device-to-host copy.
+        window = torch.zeros(5, dtype=torch.float64, device=world.device)
         t_window, steps_window = time.time(), 0
         for step in range(start, cfg.total_steps):
             images, tokens, skipped = next(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
             loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather)
-            window += torch.tensor([loss, 1.0, *skipped.tolist(),
-                                    images.double().sum().item() + tokens.double().sum().item()])
+            window += torch.stack([loss.double(), torch.ones_like(window[0]),
+                                   *skipped.to(world.device, torch.float64),
+                                   images.double().sum() + tokens.double().sum()])
             steps_window += 1
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.total_steps:
@@ -153,8 +156,9 @@ class Trainer:
                     print(f"checkpoint {path}", flush=True)
 
 
-def train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather) -> float:
-    """One optimisation step on this rank's batch; returns this rank's loss."""
+def train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather) -> torch.Tensor:
+    """One optimisation step on this rank's batch; returns this rank's loss (detached, on the
+    device: reading it is left to the caller, so a step never forces a sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
@@ -167,4 +171,4 @@ def train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather) -> f
     optimizer.step()
     with torch.no_grad():
         model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-    return loss.item()
+    return loss.detach()
