@@ -1,0 +1,60 @@
+"""Zero-shot classification throughput with 1,000 classes: images/s of CLIP vs Llip, whose
+image embedding is recomputed for every (image, class) pair.
+
+    python benchmarks/eval_throughput.py [--configs clip_b16,llip_b16] [--images 64]
+
+Random weights and inputs (throughput does not depend on them); CPU float32 or the GPU if
+present. Class embeddings (1,000 classes x templates) are built once, as in evals.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from llip.config import resolve  # noqa: E402
+from llip.models import build_model  # noqa: E402
+
+
+@torch.no_grad()
+def measure(name: str, n_images: int, batch: int, n_classes: int, device: str) -> dict:
+    cfg = resolve(name)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).eval()
+    tokens = torch.randint(1, 49000, (n_classes, cfg.context_length), device=device)
+    tokens[:, 10] = 49407
+    classes = torch.cat([model.encode_text(tokens[i:i + 250]) for i in range(0, n_classes, 250)])
+    images = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device)
+    model.logits(model.encode_image(images[:2]), classes)  # warm-up
+    start, done = time.time(), 0
+    while done < n_images:
+        model.logits(model.encode_image(images), classes).argmax(dim=1).tolist()
+        done += batch
+    return {"config": name, "images_per_s": done / (time.time() - start)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="clip_demo,llip_demo,clip_b16,llip_b16")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--classes", type=int, default=1000)
+    args = parser.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = [measure(n, args.images, args.batch, args.classes, device)
+            for n in args.configs.split(",")]
+    print(f"{device}, {args.classes} classes, batch {args.batch}, {args.images} images\n")
+    print("| config | images/s | vs the CLIP of the same size |")
+    print("|---|---|---|")
+    clip = {r["config"].replace("clip_", ""): r["images_per_s"] for r in rows
+            if r["config"].startswith("clip_")}
+    for r in rows:
+        base = clip.get(r["config"].split("_", 1)[1])
+        ratio = f"{r['images_per_s'] / base:.2f}x" if base else ""
+        print(f"| {r['config']} | {r['images_per_s']:,.1f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
