@@ -6,6 +6,7 @@ zero-shot task per attribute) and prints mean +- std.
 
     python benchmarks/caption_diversity.py [--seeds 3] [--epochs 2] [--out results/diversity]
     python benchmarks/caption_diversity.py --extra mixture_tokens=16 cross_attn_tau=1  # ablations
+    python benchmarks/caption_diversity.py --epochs 6 --tag e6 --seeds 2 --losses siglip,llip
 """
 import argparse
 import os
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--out", default=os.path.join(REPO, "results", "diversity"))
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for the llip runs")
     parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--tag", default="", help="suffix of every run name (e.g. e6)")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled"}
     specs = build(os.path.join(args.out, "data"), args.train)
@@ -39,7 +41,8 @@ def main() -> None:
     runs = []
     for seed in range(args.seeds):
         for loss in args.losses.split(","):
-            name = f"{loss}_s{seed}" + (f"_{tag}" if tag and loss == "llip" else "")
+            name = f"{loss}_s{seed}" + (f"_{tag}" if tag and loss == "llip" else "") + \
+                (f"_{args.tag}" if args.tag else "")
             runs.append(os.path.join(logs, name))
             if os.path.exists(os.path.join(logs, name, "checkpoints")):
                 continue  # resumable: a finished run resumes at its end and stops at once
