@@ -1,7 +1,8 @@
 """Zero-shot classification throughput with 1,000 classes: images/s of CLIP vs Llip, whose
 image embedding is recomputed for every (image, class) pair.
 
-    python benchmarks/eval_throughput.py [--configs clip_b16,llip_b16] [--images 64]
+    python benchmarks/eval_throughput.py                 # demo and tiny models
+    python benchmarks/eval_throughput.py --configs clip_b16,llip_b16 --images 32 --batch 32
 
 Random weights and inputs (throughput does not depend on them); CPU float32 or the GPU if
 present. Class embeddings (1,000 classes x templates) are built once, as in evals.
@@ -37,9 +38,9 @@ def measure(name: str, n_images: int, batch: int, n_classes: int, device: str) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="clip_demo,llip_demo,clip_b16,llip_b16")
-    parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--configs", default="clip_demo,llip_demo,clip_tiny,llip_tiny")
+    parser.add_argument("--images", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--classes", type=int, default=1000)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
