@@ -12,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from llip.config import ConfigError
+from llip.data import caption_list
 
 IMAGE_KEYS = "jpg;jpeg;png;webp"
 
@@ -52,18 +53,6 @@ def _wds(entry, first_shard_check=True):
             if local_path(url):
                 _require(local_path(url), entry)
     return wds.WebDataset(urls, shardshuffle=False, empty_check=False)
-
-
-def _captions(value):
-    if isinstance(value, bytes):
-        value = value.decode("utf-8")
-    if isinstance(value, str):
-        value = value.strip()
-        if value.startswith("["):
-            value = json.loads(value)
-        else:
-            return [line for line in value.splitlines() if line.strip()]
-    return list(value)
 
 
 # ------------------------------------------------------------ classification
@@ -120,7 +109,7 @@ def retrieval_data(entry, transform, batch_size: int, workers: int):
         caption_key = entry.get("caption_key", "txt;json")
         captions, owner = [], []
         for i, (text,) in enumerate(_wds(entry).to_tuple(caption_key)):
-            for c in _captions(text):
+            for c in caption_list(text):
                 captions.append(c)
                 owner.append(i)
         pipeline = (_wds(entry, False).decode("pilrgb").to_tuple(IMAGE_KEYS, "__key__")
@@ -138,7 +127,7 @@ def retrieval_data(entry, transform, batch_size: int, workers: int):
     image_key = entry.get("image_key", "image" if fmt == "json" else "filepath")
     caption_key = entry.get("caption_key", "caption")
     if fmt == "json":  # Karpathy style: [{"image": ..., "caption": str | [str, ...]}, ...]
-        rows = [(r[image_key], _captions(r[caption_key])) for r in json.load(open(path))]
+        rows = [(r[image_key], caption_list(r[caption_key])) for r in json.load(open(path))]
     elif fmt == "filelist":  # one row per (image, caption); rows of one image are grouped
         grouped = {}
         with open(path, newline="", encoding="utf-8") as f:

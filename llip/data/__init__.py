@@ -1,5 +1,27 @@
 """Data: streaming WebDataset shards for training, demo data, transforms and tokenizer."""
+import json
+
 import open_clip
+
+
+def caption_list(value) -> list[str]:
+    """The captions of a sample's text member, however it is stored: txt bytes or str with one
+    caption per line, a JSON list, or a JSON object {"captions": [...]} / {"caption": str}."""
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text) if text[:1] in "[{" and text else None
+        except json.JSONDecodeError:
+            value = None
+        if value is None:
+            return [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(value, dict):
+        value = value.get("captions", value.get("caption", []))
+    if isinstance(value, str):
+        value = [value]
+    return [str(c).strip() for c in value if str(c).strip()]
 
 
 def tokenizer_for(cfg):

@@ -15,20 +15,10 @@ import webdataset as wds
 from PIL import Image
 
 from llip.config import ConfigError, cli
+from llip.data import caption_list
 from llip.data.stream import IMAGE_KEYS, check_shards, expand_sources, manifest_samples
 
 IMAGE_EXTS = tuple(IMAGE_KEYS.split(";"))
-
-
-def _caption_list(sample) -> list[str]:
-    if "json" in sample:
-        import json
-        meta = json.loads(sample["json"])
-        caps = meta.get("captions", meta.get("caption", []))
-        return caps if isinstance(caps, list) else [caps]
-    if "txt" in sample:
-        return [c for c in sample["txt"].decode("utf-8").splitlines() if c.strip()]
-    return []
 
 
 def scan(spec: str, grid_size: int = 16) -> dict:
@@ -45,7 +35,7 @@ def scan(spec: str, grid_size: int = 16) -> dict:
     for sample in wds.tarfile_to_samples(handler=shard_error)({"url": u} for u in urls):
         key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         image_key = next((k for k in IMAGE_EXTS if k in sample), None)
-        captions = _caption_list(sample)
+        captions = caption_list(sample.get("json", sample.get("txt", b"")))
         try:
             if image_key is None:
                 raise ValueError("no image member")

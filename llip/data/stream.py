@@ -22,6 +22,7 @@ import torch
 import webdataset as wds
 
 from llip.config import ConfigError
+from llip.data import caption_list
 
 log = logging.getLogger("llip.data")
 IMAGE_KEYS = "jpg;jpeg;png;webp"
@@ -135,16 +136,6 @@ def _partitioned_shards(sources, rng, index, count):
             yield {"url": url}
 
 
-def _caption(text, rng: random.Random) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    if isinstance(text, dict):  # json member: {"caption": str} or {"captions": [str, ...]}
-        text = text.get("captions", text.get("caption", ""))
-    if isinstance(text, (list, tuple)):
-        text = rng.choice(text) if text else ""
-    return str(text)
-
-
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, sources, weights, transform, tokenizer, batch_size: int, *,
                  shuffle_buffer: int, seed: int, rank: int, world_size: int, start_step: int,
@@ -188,7 +179,11 @@ def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
     samples = wds.decode("pilrgb", handler=sample_errors)(samples)
     for image, text in wds.to_tuple(IMAGE_KEYS, TEXT_KEYS, handler=sample_errors)(samples):
         try:
-            item = transform(image), _caption(text, rng)
+            captions = caption_list(text)
+            if not captions:
+                raise ValueError("sample has no caption")
+            # one caption: no draw, so the stream's RNG sequence does not depend on caption counts
+            item = transform(image), captions[0] if len(captions) == 1 else rng.choice(captions)
         except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
             sample_errors(exn)
             continue
