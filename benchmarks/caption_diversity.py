@@ -16,10 +16,10 @@ import sys
 import pandas as pd
 import yaml
 
+from evals.aggregate import read_results
+from llip.data.attributes import build
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from evals.aggregate import read_results  # noqa: E402
-from llip.data.attributes import build  # noqa: E402
 
 LOSSES = ("clip", "siglip", "llip")
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--losses", default=",".join(LOSSES))
     parser.add_argument("--tag", default="", help="suffix of every run name (e.g. e6)")
     args = parser.parse_args()
-    env = {**os.environ, "PYTHONPATH": REPO, "WANDB_MODE": "disabled"}
+    env = {**os.environ, "WANDB_MODE": "disabled"}
     specs = build(os.path.join(args.out, "data"), args.train)
     logs = os.path.join(args.out, "runs")
     tag = "_".join(x.replace("=", "") for x in args.extra)

@@ -10,18 +10,16 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llip.config import resolve  # noqa: E402
-from llip.data import tokenizer_for, transform_for  # noqa: E402
-from llip.data.convert import convert, read_json  # noqa: E402
-from llip.data.stream import build_train_stream  # noqa: E402
+from llip.data import tokenizer_for, transform_for
+from llip.data.convert import convert, read_json
+from llip.data.stream import build_train_stream
+from llip.run_configs import resolve
 
 
 def make_images(root: str, n: int, size: int) -> str:

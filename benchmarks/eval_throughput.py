@@ -8,15 +8,12 @@ Random weights and inputs (throughput does not depend on them); CPU float32 or t
 present. Class embeddings (1,000 classes x templates) are built once, as in evals.
 """
 import argparse
-import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llip.config import resolve  # noqa: E402
-from llip.models import build_model  # noqa: E402
+from llip.models import build_model
+from llip.run_configs import resolve
 
 
 @torch.no_grad()

@@ -8,19 +8,17 @@ not the data loader). Needs a CUDA GPU.
 import argparse
 import contextlib
 import dataclasses
-import os
 import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llip.config import resolve  # noqa: E402
-from llip.models import build_model  # noqa: E402
-from llip.training import dist  # noqa: E402
-from llip.training.optim import build_optimizer  # noqa: E402
-from llip.training.parallel import parallelize  # noqa: E402
-from llip.training.trainer import train_step  # noqa: E402
+from llip.models import build_model
+from llip.run_configs import resolve
+from llip.training import dist
+from llip.training.optim import build_optimizer
+from llip.training.parallel import parallelize
+from llip.training.trainer import train_step
 
 
 def measure(name: str, batch: int, steps: int, world) -> dict:

@@ -17,9 +17,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from llip.losses import sigmoid_loss  # noqa: E402
-from llip.models.llip import pair_scores_factored, pair_scores_naive  # noqa: E402
+from llip.losses import sigmoid_loss
+from llip.models.llip import pair_scores_factored, pair_scores_naive
 
 NAIVE_LIMIT_GB = 12.0  # the naive path is skipped where its B x B x D tensors would not fit
 

@@ -19,10 +19,11 @@ import subprocess
 import sys
 import tempfile
 
+from llip.data.digits import build
+from llip.io import read_text
+from llip.run_configs import resolve
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from llip.config import resolve  # noqa: E402
-from llip.data.digits import build  # noqa: E402
 
 SIDE_VENV = os.path.join(REPO, "benchmarks", ".venv-open-clip-train")
 SIDE_PACKAGES = ["torch==2.12.1", "torchvision==0.27.1", "open_clip_torch==3.3.0",
@@ -59,8 +60,9 @@ def ours(config: str, shards: str, steps: int, batch: int, logs: str) -> float:
                     f"train_num_samples={steps * batch}", "workers=2", "log_every=20",
                     f"checkpoint_every={steps}", "wandb_mode=disabled", "precision=fp32"],
                    cwd=REPO, check=True, capture_output=True,
-                   env={**os.environ, "PYTHONPATH": REPO})
-    rows = [json.loads(line) for line in open(os.path.join(logs, name, "metrics.jsonl"))]
+                   env=os.environ)
+    rows = [json.loads(line) for line in
+            read_text(os.path.join(logs, name, "metrics.jsonl")).splitlines()]
     return statistics.median(r["samples_per_s"] for r in rows[1:])
 
 

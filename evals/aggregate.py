@@ -6,20 +6,20 @@ Written as CSV and Markdown next to the results, plus a PNG of each main metric 
 """
 import argparse
 import glob
-import json
 import os
 import sys
 
 import pandas as pd
 
-from llip.config import ConfigError, cli
+from llip.cli import ConfigError, cli
+from llip.io import atomic_write, read_json
 
 
 def read_results(output_dir: str) -> list[dict]:
     files = sorted(glob.glob(os.path.join(output_dir, "results", "*.json")))
     if not files:
         raise ConfigError(f"no results in {output_dir}/results: run evals.main_mc first")
-    return [json.load(open(f)) for f in files]
+    return [read_json(f) for f in files]
 
 
 def tables(results: list[dict]):
@@ -61,18 +61,16 @@ def plot(long: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def aggregate(output_dir: str, quiet: bool = False) -> pd.DataFrame:
+def aggregate(output_dir: str) -> pd.DataFrame:
     long, wide = tables(read_results(output_dir))
     long.to_csv(os.path.join(output_dir, "results_long.csv"), index=False)
     wide.to_csv(os.path.join(output_dir, "results_wide.csv"), index=False)
     markdown = wide.to_markdown(index=False, floatfmt=".4f")
-    with open(os.path.join(output_dir, "results_wide.md"), "w") as f:
-        f.write(markdown + "\n")
+    atomic_write(os.path.join(output_dir, "results_wide.md"), markdown + "\n")
     plot(long, os.path.join(output_dir, "results_vs_step.png"))
-    if not quiet:
-        print(markdown)
-        print(f"\ntables: {output_dir}/results_wide.csv, results_wide.md, results_long.csv"
-              f"\nplot:   {output_dir}/results_vs_step.png")
+    print(markdown)
+    print(f"\ntables: {output_dir}/results_wide.csv, results_wide.md, results_long.csv"
+          f"\nplot:   {output_dir}/results_vs_step.png")
     return wide
 
 

@@ -19,7 +19,8 @@ import json
 import os
 import re
 
-from llip.config import ConfigError
+from llip.cli import ConfigError
+from llip.io import read_json, read_text
 
 TASKS = ("zeroshot_classification", "retrieval")
 FORMATS = ("wds", "imagefolder", "filelist", "json")
@@ -62,7 +63,7 @@ def _string_list(value, field: str, where: str, base_dir: str, allow_folder: boo
     if not os.path.exists(path):
         raise ConfigError(f"{where}: {field} file {path} does not exist: fix the path or give "
                           "the list inline")
-    return [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
 def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
@@ -115,7 +116,7 @@ def load_catalogs(paths) -> dict:
         if not os.path.exists(path):
             raise ConfigError(f"catalog {path} does not exist")
         try:
-            raw = json.load(open(path, encoding="utf-8"))
+            raw = read_json(path)
         except json.JSONDecodeError as exn:
             raise ConfigError(f"catalog {path} is not valid JSON: {exn}") from None
         if not isinstance(raw, dict):

@@ -4,17 +4,16 @@ Classification yields (images, labels); retrieval gives the caption list (cheap:
 plus batches of (images, image indices) and, for each caption, the index of its image.
 """
 import csv
-import json
 import os
 
 import torch
 import webdataset as wds
 from PIL import Image
 
-from llip.config import ConfigError
-from llip.data import caption_list
-
-IMAGE_KEYS = "jpg;jpeg;png;webp"
+from llip.cli import ConfigError
+from llip.data import IMAGE_KEYS, caption_list
+from llip.data.stream import expand_sources, local_path
+from llip.io import read_json
 
 
 class _Files(torch.utils.data.Dataset):
@@ -46,7 +45,6 @@ def _resolve_image(entry, rel: str) -> str:
 
 
 def _wds(entry, first_shard_check=True):
-    from llip.data.stream import expand_sources, local_path
     urls = [u for s in expand_sources(entry["path"]) for u in s]
     if first_shard_check:
         for url in urls:
@@ -78,7 +76,7 @@ def classification_items(entry):
         return [(_resolve_image(entry, r[image_key]), int(r[label_key])) for r in rows], \
             entry["classnames"]
     if fmt == "json":
-        rows = json.load(open(path, encoding="utf-8"))
+        rows = read_json(path)
         image_key, label_key = entry.get("image_key", "image"), entry.get("label_key", "label")
         return [(_resolve_image(entry, r[image_key]), int(r[label_key])) for r in rows], \
             entry["classnames"]
@@ -127,7 +125,7 @@ def retrieval_data(entry, transform, batch_size: int, workers: int):
     image_key = entry.get("image_key", "image" if fmt == "json" else "filepath")
     caption_key = entry.get("caption_key", "caption")
     if fmt == "json":  # Karpathy style: [{"image": ..., "caption": str | [str, ...]}, ...]
-        rows = [(r[image_key], caption_list(r[caption_key])) for r in json.load(open(path))]
+        rows = [(r[image_key], caption_list(r[caption_key])) for r in read_json(path)]
     elif fmt == "filelist":  # one row per (image, caption); rows of one image are grouped
         grouped = {}
         with open(path, newline="", encoding="utf-8") as f:

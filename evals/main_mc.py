@@ -18,8 +18,8 @@ import yaml
 from evals.aggregate import aggregate
 from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
 from evals.runner import result_path, run_task
-from llip.config import ConfigError, cli, closest
-from llip.training import checkpoint
+from llip import run_dir as rd
+from llip.cli import ConfigError, cli, closest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +35,6 @@ class SweepConfig:
     slurm: dict = dataclasses.field(default_factory=dict)
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLURM_KEYS = {"partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task",
               "gpus_per_node", "mem_gb", "array_parallelism", "max_wait_min"}
 
@@ -54,7 +53,8 @@ def load_sweep(path: str) -> SweepConfig:
     if not os.path.exists(path):
         raise ConfigError(f"eval config {path} does not exist")
     try:
-        raw = yaml.safe_load(open(path)) or {}
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
     except yaml.YAMLError as exn:
         raise ConfigError(f"eval config {path} is not valid YAML: {str(exn).splitlines()[0]}") \
             from None
@@ -96,20 +96,19 @@ def expand_checkpoints(specs) -> list[str]:
             if os.path.isfile(path):
                 found.append(path)
             elif every:
-                all_ckpts = checkpoint.complete_checkpoints(path)
+                all_ckpts = rd.complete_checkpoints(path)
                 if not all_ckpts:
                     raise ConfigError(f"no complete checkpoint in run dir {path}")
                 found.extend(all_ckpts)
             else:
-                found.append(checkpoint.resolve_checkpoint(path))
+                found.append(rd.resolve_checkpoint(path))
     return list(dict.fromkeys(found))
 
 
 def checkpoint_tag(path: str) -> str:
     if os.path.isfile(path):
         return os.path.splitext(os.path.basename(path))[0]
-    run_dir = os.path.dirname(os.path.dirname(path))
-    return f"{checkpoint.run_config(run_dir).name}__step{checkpoint.step_of(path):08d}"
+    return f"{rd.read_config(path).name}__step{rd.step_of(path):08d}"
 
 
 def build_tasks(sweep: SweepConfig) -> list[dict]:
@@ -150,9 +149,7 @@ def run_slurm(tasks, sweep: SweepConfig) -> int:
     executor = submitit.AutoExecutor(folder=os.path.join(sweep.output_dir, "submitit"))
     params = {"timeout_min": s.get("timeout_min", 60), "cpus_per_task": s.get("cpus_per_task",
               max(1, sweep.workers)), "slurm_array_parallelism": s.get("array_parallelism", 64),
-              "gpus_per_node": s.get("gpus_per_node", 0), "name": "llip-eval",
-              # array tasks import this checkout wherever they run
-              "slurm_setup": [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"]}
+              "gpus_per_node": s.get("gpus_per_node", 0), "name": "llip-eval"}
     for key in ("partition", "account", "qos", "constraint"):
         if s.get(key):
             params[f"slurm_{key}"] = s[key]

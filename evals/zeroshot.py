@@ -22,13 +22,14 @@ def class_embeddings(model, tokenizer, classnames, templates, device="cpu") -> t
 
 
 @torch.no_grad()
-def classify(model, batches, class_emb, device="cpu") -> dict:
-    """batches: iterable of (images, labels). Top-1, top-5 and mean per-class recall."""
+def classify(model, batches, class_emb, device="cpu", tau=None) -> dict:
+    """batches: iterable of (images, labels). Top-1, top-5 and mean per-class recall.
+    `tau`: Llip's eval-time temperature (ignored by CLIP/SigLIP)."""
     n_classes = class_emb.shape[0]
     correct1 = correct5 = n = 0
     hits, counts = torch.zeros(n_classes), torch.zeros(n_classes)
     for images, labels in batches:
-        logits = model.logits(model.encode_image(images.to(device)), class_emb).float().cpu()
+        logits = model.logits(model.encode_image(images.to(device)), class_emb, tau).float().cpu()
         top = logits.topk(min(5, n_classes), dim=1).indices
         correct1 += (top[:, 0] == labels).sum().item()
         correct5 += (top == labels[:, None]).any(1).sum().item()
@@ -43,7 +44,8 @@ def classify(model, batches, class_emb, device="cpu") -> dict:
 
 
 @torch.no_grad()
-def retrieve(model, image_batches, text_emb, caption_owner, ks=(1, 5, 10), device="cpu") -> dict:
+def retrieve(model, image_batches, text_emb, caption_owner, ks=(1, 5, 10), device="cpu",
+             tau=None) -> dict:
     """Recall@k both ways. caption_owner[t] is the index of caption t's image; image_batches
     yields (images, their indices). text_retrieval = image -> captions (a hit if any of the
     image's captions is in its top k); image_retrieval = caption -> images."""
@@ -53,7 +55,7 @@ def retrieve(model, image_batches, text_emb, caption_owner, ks=(1, 5, 10), devic
     best_images = torch.full((n_text, kmax), -1, dtype=torch.long)
     text_hits, n_images = torch.zeros(len(ks)), 0
     for images, index in image_batches:
-        logits = model.logits(model.encode_image(images.to(device)), text_emb).float().cpu()
+        logits = model.logits(model.encode_image(images.to(device)), text_emb, tau).float().cpu()
         top_texts = logits.topk(min(kmax, n_text), dim=1).indices
         match = owner[top_texts] == index[:, None]
         text_hits += torch.tensor([match[:, :k].any(1).sum().item() for k in ks])

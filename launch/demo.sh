@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-export WANDB_MODE=${WANDB_MODE:-offline} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export WANDB_MODE=${WANDB_MODE:-offline}
 export CONFIG=${CONFIG:-llip_demo} DATA_DIR=${DATA_DIR:-data/digits} LOGS_DIR=${LOGS_DIR:-logs}
 
 $PY -m llip.data.digits "$DATA_DIR"

@@ -1,26 +1,20 @@
-"""Run configuration: one frozen dataclass, a registry of named experiments, CLI overrides.
+"""The run configuration schema: one flat frozen dataclass and its validation.
 
-A run config is a plain function in llip/run_configs/ that returns a `RunConfig`, usually
-`dataclasses.replace` of a base. `@register` puts it in the registry under its function name.
-CLI text is never evaluated: overrides are parsed by the type of the dataclass field.
+Flat on purpose: every field is a `key=value` override on the command line with the same name
+(as open_clip_train's flags), and one YAML file describes a run. Named experiments are functions
+in llip/run_configs/; the override parser and user errors are in llip/cli.py.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
 import math
-import sys
-from typing import Callable
+
+from llip.cli import ConfigError
 
 LOSSES = ("clip", "siglip", "llip")
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("cosine", "const")
 WANDB_MODES = ("offline", "online", "disabled")
-
-
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the CLI prints it as one line and exits 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,96 +142,6 @@ class RunConfig:
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{field}={value!r} is not one of {', '.join(allowed)}")
-
-
-def cli(main: Callable) -> Callable:
-    """A command's main(argv): a ConfigError ends it with one line on stderr and exit code 2."""
-    @functools.wraps(main)
-    def run(argv=None) -> int:
-        try:
-            return main(argv) or 0
-        except ConfigError as exn:
-            print(f"error: {exn}", file=sys.stderr)
-            return 2
-    return run
-
-
-# ---------------------------------------------------------------- registry
-REGISTRY: dict[str, Callable[[], RunConfig]] = {}
-
-
-def register(fn: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
-    if fn.__name__ in REGISTRY:
-        raise RuntimeError(f"run config {fn.__name__} registered twice")
-    REGISTRY[fn.__name__] = fn
-    return fn
-
-
-def _load_registry() -> None:
-    import llip.run_configs  # noqa: F401  (registers every config on import)
-
-
-def closest(word: str, candidates, n: int = 3) -> str:
-    found = difflib.get_close_matches(word, list(candidates), n=n, cutoff=0.4)
-    return ", ".join(found) if found else ", ".join(sorted(candidates)[:n])
-
-
-def get_config(name: str) -> RunConfig:
-    _load_registry()
-    if name not in REGISTRY:
-        raise ConfigError(f"unknown config {name!r}; closest: {closest(name, REGISTRY)} "
-                          "(python -m llip.main --list shows all)")
-    cfg = REGISTRY[name]()
-    return dataclasses.replace(cfg, name=cfg.name or name)
-
-
-def list_configs() -> list[tuple[str, str]]:
-    _load_registry()
-    return [(name, REGISTRY[name]().description) for name in sorted(REGISTRY)]
-
-
-# ---------------------------------------------------------------- overrides
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _parse(field: dataclasses.Field, text: str):
-    kind = field.type if isinstance(field.type, type) else {"int": int, "float": float,
-                                                             "str": str, "bool": bool}[field.type]
-    try:
-        if kind is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError
-        if kind is int:
-            # Accept 2e9 for sample counts, but never silently truncate 2.5.
-            value = float(text) if "e" in text.lower() else int(text)
-            if value != int(value):
-                raise ValueError
-            return int(value)
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"bad value for {field.name}: {text!r} is not a valid "
-                          f"{kind.__name__}") from None
-
-
-def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
-    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    changes = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not key=value")
-        key, text = item.split("=", 1)
-        if key not in fields:
-            raise ConfigError(f"unknown key {key!r}; closest: {closest(key, fields)}")
-        changes[key] = _parse(fields[key], text)
-    return dataclasses.replace(cfg, **changes).validate()
-
-
-def resolve(name: str, overrides: list[str] = ()) -> RunConfig:
-    return apply_overrides(get_config(name), list(overrides))
 
 
 def to_dict(cfg: RunConfig) -> dict:

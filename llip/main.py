@@ -9,7 +9,9 @@ import sys
 
 import yaml
 
-from llip.config import cli, list_configs, resolve, to_dict
+from llip.cli import cli
+from llip.config import to_dict
+from llip.run_configs import list_configs, resolve
 
 
 def parse_args(argv):

@@ -5,7 +5,6 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +16,7 @@ def digits(tmp_path_factory):
 
 def run_cli(*args, env=None, timeout=600, cwd=REPO):
     """Run a module of this repo in a fresh interpreter, the way a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": REPO, **(env or {})}
+    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=cwd)
 
@@ -35,13 +34,12 @@ def trained_clip(digits, tmp_path_factory):
 
 def write_catalog(path, digits, changes=None):
     """The demo catalog pointed at test shards; `changes` (name -> entry) edit or break it."""
-    import json
-    catalog = json.load(open(os.path.join(REPO, "config_evals", "demo_catalog.json")))
+    from llip.io import read_json, write_json
+    catalog = read_json(os.path.join(REPO, "config_evals", "demo_catalog.json"))
     for entry in catalog.values():
         if isinstance(entry, dict):
             entry["path"] = digits["test"]
     for name, entry in (changes or {}).items():
         catalog[name] = entry
-    with open(path, "w") as f:
-        json.dump(catalog, f)
+    write_json(str(path), catalog)
     return str(path)

@@ -3,10 +3,15 @@ import json
 
 import open_clip
 
+# Image members a sample may carry, in webdataset's key syntax (first present wins).
+IMAGE_KEYS = "jpg;jpeg;png;webp"
+
 
 def caption_list(value) -> list[str]:
     """The captions of a sample's text member, however it is stored: txt bytes or str with one
     caption per line, a JSON list, or a JSON object {"captions": [...]} / {"caption": str}."""
+    if value is None:
+        return []
     if isinstance(value, bytes):
         value = value.decode("utf-8")
     if isinstance(value, str):

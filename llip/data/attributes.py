@@ -7,13 +7,14 @@ about different aspects is at a disadvantage; zero-shot tasks probe each attribu
 """
 import argparse
 import io
-import json
 import os
 import random
 
 import numpy as np
 import webdataset as wds
 from PIL import Image, ImageDraw
+
+from llip.io import read_json, write_json
 
 SHAPES = ["circle", "square", "triangle", "cross"]
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230),
@@ -76,7 +77,7 @@ def build(out_dir: str, n_train: int = 20000, n_test: int = 1000, seed: int = 0)
     os.makedirs(out_dir, exist_ok=True)
     marker = os.path.join(out_dir, "specs.json")
     if os.path.exists(marker):
-        return json.load(open(marker))
+        return read_json(marker)
     specs = {"train": write(out_dir, "train", n_train, seed),
              "test": write(out_dir, "test", n_test, seed + 1), "n_train": n_train}
     catalog = {attr: {"task": "zeroshot_classification", "format": "wds", "path": specs["test"],
@@ -85,10 +86,8 @@ def build(out_dir: str, n_train: int = 20000, n_test: int = 1000, seed: int = 0)
                       "chance": 1 / len(names)}
                for attr, (names, templates) in TASKS.items()}
     specs["catalog"] = os.path.join(out_dir, "catalog.json")
-    with open(specs["catalog"], "w") as f:
-        json.dump(catalog, f, indent=1)
-    with open(marker, "w") as f:
-        json.dump(specs, f)
+    write_json(specs["catalog"], catalog, indent=1)
+    write_json(marker, specs)
     return specs
 
 

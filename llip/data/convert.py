@@ -28,19 +28,16 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from llip.config import ConfigError, cli
+from llip.cli import ConfigError, cli
+from llip.data import caption_list
+from llip.io import atomic_path, atomic_write, read_text, write_json
+from llip.io import read_json as read_json_file
 
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
 # ------------------------------------------------------------ record readers (streaming)
-def _as_list(caption):
-    if isinstance(caption, (list, tuple)):
-        return [str(c) for c in caption if str(c).strip()]
-    return [str(caption)] if str(caption).strip() else []
-
-
 def read_json(path, image_root, image_key="image", caption_key="caption", id_key="image_id"):
     """A JSON list of {image, caption[, image_id]} (caption may be a list), or JSON lines."""
     with open(path, encoding="utf-8") as f:
@@ -54,7 +51,7 @@ def read_json(path, image_root, image_key="image", caption_key="caption", id_key
             if image_key not in row or caption_key not in row:
                 raise ConfigError(f"{path}: record {i} lacks '{image_key}' or '{caption_key}': "
                                   "set --image-key / --caption-key")
-            yield (os.path.join(image_root, row[image_key]), _as_list(row[caption_key]),
+            yield (os.path.join(image_root, row[image_key]), caption_list(row[caption_key]),
                    row.get(id_key, i))
 
 
@@ -67,7 +64,7 @@ def read_csv(path, image_root, image_column="filepath", caption_column="title", 
                               f"{reader.fieldnames}): set --image-column / --caption-column / "
                               "--sep")
         for i, row in enumerate(reader):
-            yield os.path.join(image_root, row[image_column]), _as_list(row[caption_column]), i
+            yield os.path.join(image_root, row[image_column]), caption_list(row[caption_column]), i
 
 
 def read_folder(root):
@@ -81,10 +78,8 @@ def read_folder(root):
                     stack.append(entry.path)
                 elif entry.name.lower().endswith(IMAGE_SUFFIXES):
                     stem = os.path.splitext(entry.path)[0]
-                    caption = open(stem + ".txt", encoding="utf-8").read().splitlines() \
-                        if os.path.exists(stem + ".txt") else []
-                    yield entry.path, [c for c in caption if c.strip()], \
-                        os.path.relpath(stem, root)
+                    caption = read_text(stem + ".txt") if os.path.exists(stem + ".txt") else ""
+                    yield entry.path, caption_list(caption), os.path.relpath(stem, root)
 
 
 # ------------------------------------------------------------ shard writing (in workers)
@@ -102,9 +97,8 @@ def encode_image(path, resize, image_format, quality) -> bytes:
 
 def write_shard(out_dir, index, records, resize, image_format, quality) -> dict:
     name = f"shard-{index:06d}.tar"
-    final, tmp = os.path.join(out_dir, name), os.path.join(out_dir, f".{name}.tmp")
     written, failed = 0, []
-    with wds.TarWriter(tmp) as sink:
+    with atomic_path(os.path.join(out_dir, name)) as tmp, wds.TarWriter(tmp) as sink:
         for offset, (path, captions, image_id) in enumerate(records):
             if not captions:
                 failed.append((path, "no caption"))
@@ -119,15 +113,13 @@ def write_shard(out_dir, index, records, resize, image_format, quality) -> dict:
                         "json": {"captions": captions, "image_id": image_id}})
             written += 1
     stats = {"index": index, "shard": name, "samples": written, "failed": failed}
-    os.replace(tmp, final)
-    with open(os.path.join(out_dir, f".{name}.json"), "w") as f:  # marks the shard complete
-        json.dump(stats, f)
+    write_json(os.path.join(out_dir, f".{name}.json"), stats)  # marks the shard complete
     return stats
 
 
 def _done(out_dir, index):
     path = os.path.join(out_dir, f".shard-{index:06d}.tar.json")
-    return json.load(open(path)) if os.path.exists(path) else None
+    return read_json_file(path) if os.path.exists(path) else None
 
 
 def _chunks(records, size):
@@ -169,15 +161,9 @@ def write_manifest(out_dir, shard_stats) -> dict:
                 "shards": {s["shard"]: s["samples"] for s in shard_stats},
                 "total_samples": sum(s["samples"] for s in shard_stats),
                 "failed": sum(len(s["failed"]) for s in shard_stats)}
-    with open(os.path.join(out_dir, "failed.tsv"), "w", encoding="utf-8") as f:
-        f.write("image\treason\n")
-        for s in shard_stats:
-            for path, reason in s["failed"]:
-                f.write(f"{path}\t{reason}\n")
-    tmp = os.path.join(out_dir, MANIFEST + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, MANIFEST))
+    atomic_write(os.path.join(out_dir, "failed.tsv"), "image\treason\n" + "".join(
+        f"{path}\t{reason}\n" for s in shard_stats for path, reason in s["failed"]))
+    write_json(os.path.join(out_dir, MANIFEST), manifest, indent=1)
     return manifest
 
 

@@ -14,6 +14,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
+from llip.io import atomic_write, read_text
+
 CLASSNAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 # Training captions vary wording and name the digit as a word or a numeral.
 CAPTION_TEMPLATES = [
@@ -61,9 +63,8 @@ def build(out_dir: str, seed: int = 0) -> dict:
     if not os.path.exists(marker):
         n_train = write_split(out_dir, "train", x_train, y_train, per_shard=250, seed=seed)
         n_test = write_split(out_dir, "test", x_test, y_test, per_shard=1000, seed=seed + 1)
-        with open(marker, "w") as f:
-            f.write(f"{n_train} {n_test}\n")
-    n_train, n_test = map(int, open(marker).read().split())
+        atomic_write(marker, f"{n_train} {n_test}\n")
+    n_train, n_test = map(int, read_text(marker).split())
     return {
         "train": os.path.join(out_dir, f"train-{{000000..{n_train - 1:06d}}}.tar"),
         "test": os.path.join(out_dir, f"test-{{000000..{n_test - 1:06d}}}.tar"),

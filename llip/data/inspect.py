@@ -14,9 +14,9 @@ import textwrap
 import webdataset as wds
 from PIL import Image
 
-from llip.config import ConfigError, cli
-from llip.data import caption_list
-from llip.data.stream import IMAGE_KEYS, check_shards, expand_sources, manifest_samples
+from llip.cli import ConfigError, cli
+from llip.data import IMAGE_KEYS, caption_list
+from llip.data.stream import check_shards, expand_sources, manifest_samples
 
 IMAGE_EXTS = tuple(IMAGE_KEYS.split(";"))
 

@@ -11,7 +11,6 @@
 """
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import random
@@ -21,11 +20,11 @@ import braceexpand
 import torch
 import webdataset as wds
 
-from llip.config import ConfigError
-from llip.data import caption_list
+from llip.cli import ConfigError
+from llip.data import IMAGE_KEYS, caption_list
+from llip.io import read_json
 
 log = logging.getLogger("llip.data")
-IMAGE_KEYS = "jpg;jpeg;png;webp"
 TEXT_KEYS = "json;txt"  # json {"captions": [...]} first: one random caption per use
 MAX_CONSECUTIVE_SHARD_ERRORS = 200  # a stream where nothing is readable must fail, not spin
 
@@ -68,7 +67,7 @@ def manifest_samples(sources: list[list[str]]):
         manifest = os.path.join(os.path.dirname(paths[0]), "manifest.json")
         if not os.path.exists(manifest):
             return None
-        counts = json.load(open(manifest))["shards"]
+        counts = read_json(manifest)["shards"]
         if any(os.path.basename(p) not in counts for p in paths):
             return None
         total += sum(counts[os.path.basename(p)] for p in paths)

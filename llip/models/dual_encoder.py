@@ -36,7 +36,7 @@ class DualEncoder(nn.Module):
         """Average embeddings of several prompts (dim 0) into one, e.g. over templates."""
         return F.normalize(text_emb.mean(0), dim=-1)
 
-    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
-        """All pairs: (B_img, D) x (B_txt, D) -> (B_img, B_txt)."""
+    def logits(self, image_emb: torch.Tensor, text_emb: torch.Tensor, tau=None) -> torch.Tensor:
+        """All pairs: (B_img, D) x (B_txt, D) -> (B_img, B_txt); `tau` is Llip's and ignored."""
         out = self.logit_scale.exp() * image_emb @ text_emb.T
         return out if self.logit_bias is None else out + self.logit_bias

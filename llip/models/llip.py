@@ -95,16 +95,17 @@ class LlipHead(nn.Module):
         target = F.normalize(self.target_proj(feature), dim=-1)
         return torch.stack([query, target], dim=1)
 
-    def cosines(self, image_kv, text_qy, factored=None):
-        """(Bi, 2, K, D) x (Bt, 2, D) -> (Bi, Bt) cosines, in blocks of `chunk` texts."""
-        fn = pair_scores_factored if (self.factored if factored is None else factored) \
-            else pair_scores_naive
+    def cosines(self, image_kv, text_qy, tau=None):
+        """(Bi, 2, K, D) x (Bt, 2, D) -> (Bi, Bt) cosines, in blocks of `chunk` texts.
+        `tau` overrides the training temperature (the reference reports evals at several)."""
+        fn = pair_scores_factored if self.factored else pair_scores_naive
         keys, values = image_kv.unbind(1)
         w_out = self.out_proj.weight
+        tau = self.tau if tau is None else float(tau)
         blocks = []
         for start in range(0, text_qy.shape[0], self.chunk):
             q, y = text_qy[start: start + self.chunk].unbind(1)
-            args = (keys, values, q, y, w_out, self.heads, self.tau)
+            args = (keys, values, q, y, w_out, self.heads, tau)
             if torch.is_grad_enabled():  # recompute the block in backward: memory stays bounded
                 blocks.append(checkpoint(fn, *args, use_reentrant=False))
             else:
@@ -140,7 +141,8 @@ class LlipModel(nn.Module):
         query, target = text_emb.mean(0).unbind(0)
         return torch.stack([query, F.normalize(target, dim=-1)], dim=0)
 
-    def logits(self, image_emb, text_emb):
-        """All pairs: (Bi, 2, K, D) x (Bt, 2, D) -> (Bi, Bt) = exp(t) * cosine + b."""
-        return self.head.logit_scale.exp() * self.head.cosines(image_emb, text_emb) \
+    def logits(self, image_emb, text_emb, tau=None):
+        """All pairs: (Bi, 2, K, D) x (Bt, 2, D) -> (Bi, Bt) = exp(t) * cosine + b; `tau`: an
+        eval-time softmax temperature over the mixture tokens (None: the trained one)."""
+        return self.head.logit_scale.exp() * self.head.cosines(image_emb, text_emb, tau) \
             + self.head.logit_bias

@@ -2,8 +2,9 @@
 import dataclasses
 import math
 
-from llip.config import RunConfig, register
+from llip.config import RunConfig
 from llip.run_configs.llip_paper import PAPER
+from llip.run_configs.registry import register
 
 
 @register

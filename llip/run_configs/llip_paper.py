@@ -6,7 +6,8 @@ Expect (paper): B/16 K=32 averages 69.6 zero-shot over the benchmark suite; G/14
 """
 import dataclasses
 
-from llip.config import RunConfig, register
+from llip.config import RunConfig
+from llip.run_configs.registry import register
 
 # ViT-B/16 towers, QuickGELU, context 77, AdamW (0.9, 0.95), wd 0.2, 2,000 warmup steps.
 PAPER = RunConfig(

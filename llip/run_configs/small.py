@@ -8,7 +8,8 @@
 import dataclasses
 import math
 
-from llip.config import RunConfig, register
+from llip.config import RunConfig
+from llip.run_configs.registry import register
 
 TINY = RunConfig(
     loss="llip", image_size=32, patch_size=8,

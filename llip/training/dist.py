@@ -18,6 +18,7 @@ class World:
     local_rank: int = 0
     size: int = 1
     device: torch.device = torch.device("cpu")
+    distributed: bool = False  # a process group exists (torchrun / SLURM, even with one rank)
 
     @property
     def is_main(self) -> bool:
@@ -39,7 +40,10 @@ def _export_from_submitit_or_slurm() -> None:
         env.export(set_cuda_visible_devices=False)
 
 
-def setup(timeout_min: int = 30) -> World:
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # a first checkpoint load can be slow
+
+
+def setup() -> World:
     _export_from_submitit_or_slurm()
     if "RANK" not in os.environ:
         return World(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -53,8 +57,8 @@ def setup(timeout_min: int = 30) -> World:
         device, backend = torch.device("cpu"), "gloo"
         _share_cpu_threads()
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
-    return World(rank=rank, local_rank=local_rank, size=size, device=device)
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT)
+    return World(rank=rank, local_rank=local_rank, size=size, device=device, distributed=True)
 
 
 def _share_cpu_threads() -> None:

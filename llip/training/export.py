@@ -2,25 +2,18 @@
 
     python -m llip.training.export <run dir | checkpoints/step_X dir> model.pt
 
-The file holds {"state_dict", "config", "step"} of plain tensors and Python values, loadable
-anywhere with torch.load(path, weights_only=True). The DCP checkpoint is left untouched.
+The file format belongs to llip.run_dir (save_export); the DCP checkpoint is left untouched.
 """
 import argparse
-import os
 import sys
 
-import torch
-
-from llip.config import cli, to_dict
-from llip.training.checkpoint import load_model
+from llip.cli import cli
+from llip.run_dir import load_model, save_export
 
 
 def export(path: str, out: str) -> str:
     model, cfg, step = load_model(path)
-    tmp = out + ".tmp"
-    torch.save({"state_dict": model.state_dict(), "config": to_dict(cfg), "step": step}, tmp)
-    os.replace(tmp, out)
-    return out
+    return save_export(out, model, cfg, step)
 
 
 @cli

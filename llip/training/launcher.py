@@ -5,6 +5,7 @@ DCP save needs every rank. So `checkpoint()` saves nothing: it returns a fresh c
 only the config (never a model or optimizer), submitit requeues the job, and the Trainer resumes
 from the newest complete checkpoint, which it writes every `checkpoint_every` steps.
 """
+import argparse
 import os
 import shutil
 import subprocess
@@ -12,10 +13,12 @@ import sys
 
 import submitit
 
-from llip.config import ConfigError
-from llip.training.trainer import Trainer, run_dir_of
+from llip.cli import ConfigError, cli
+from llip.io import atomic_write, read_text
+from llip.run_configs import resolve
+from llip.run_dir import path_of
+from llip.training.trainer import Trainer, checked_for_training
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 JOB_ID_FILE = "job_id"
 
 
@@ -31,7 +34,7 @@ class SlurmTrainer(submitit.helpers.Checkpointable):
 
 
 def submitit_folder(cfg) -> str:
-    return os.path.abspath(os.path.join(run_dir_of(cfg), "submitit"))
+    return os.path.abspath(os.path.join(path_of(cfg), "submitit"))
 
 
 def slurm_parameters(cfg) -> dict:
@@ -45,8 +48,6 @@ def slurm_parameters(cfg) -> dict:
         job_name=cfg.name, nodes=cfg.nodes, ntasks_per_node=cfg.gpus_per_node,
         cpus_per_task=cfg.slurm_cpus_per_task, time=cfg.slurm_timeout_min,
         signal_delay_s=cfg.slurm_signal_delay_s,
-        # The job imports this checkout of llip wherever it runs.
-        setup=[f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
         **{k: v for k, v in optional.items() if v})
 
 
@@ -93,7 +94,7 @@ def live_job(cfg):
     path = os.path.join(submitit_folder(cfg), JOB_ID_FILE)
     if not os.path.exists(path) or shutil.which("squeue") is None:
         return None
-    job_id = open(path).read().strip()
+    job_id = read_text(path).strip()
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
                          text=True, timeout=30)
     states = set(out.stdout.split()) if out.returncode == 0 else set()
@@ -102,5 +103,37 @@ def live_job(cfg):
 
 
 def record_job(cfg, job_id: str) -> None:
-    with open(os.path.join(submitit_folder(cfg), JOB_ID_FILE), "w") as f:
-        f.write(job_id)
+    atomic_write(os.path.join(submitit_folder(cfg), JOB_ID_FILE), job_id)
+
+
+@cli
+def main(argv=None) -> int:
+    """python submitit_openclip.py <config> [key=value ...] [--dry-run | --local]"""
+    parser = argparse.ArgumentParser(
+        prog="submitit_openclip.py",
+        description="Train on SLURM through submitit; requeued and resumed on preemption")
+    parser.add_argument("config")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
+    parser.add_argument("--local", action="store_true", help="submitit's local executor, no SLURM")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = checked_for_training(resolve(args.config, args.overrides))
+    live = None if args.dry_run else live_job(cfg)
+    if live:
+        raise ConfigError(f"run dir {path_of(cfg)} already has live job {live}: "
+                          f"wait for it, `scancel {live}`, or pick another name=")
+    if args.dry_run:
+        print(sbatch_script(cfg))
+        return 0
+    executor = make_executor(cfg, local=args.local)
+    os.makedirs(submitit_folder(cfg), exist_ok=True)
+    job = submit(executor, cfg)
+    print(f"submitted job {job.job_id} ({cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)), "
+          f"run dir {path_of(cfg)}\n"
+          f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"
+          f"  follow: tail -f {job.paths.stdout}\n"
+          f"  cancel: {'scancel ' + job.job_id if not args.local else 'kill the local process'}")
+    if args.local:
+        job.results()  # the local executor's job dies with this process: wait for it
+        print(f"job {job.job_id} finished")
+    return 0

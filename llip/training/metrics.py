@@ -1,8 +1,9 @@
-"""Progress lines, metrics.jsonl and wandb (offline unless configured). Main rank only.
+"""Metric windows, progress lines, metrics.jsonl and wandb (offline unless configured).
 
 wandb must never block or kill a run: its files live inside the run dir, and any failure to
 start it is a warning, after which the run continues with metrics.jsonl alone.
 """
+import dataclasses
 import datetime
 import json
 import logging
@@ -10,7 +11,40 @@ import os
 import secrets
 import time
 
+import torch
+
+from llip.io import atomic_write, read_text
+from llip.run_dir import metrics_path
+from llip.training import dist
+
 log = logging.getLogger("llip.train")
+
+
+class Window:
+    """Named sums over the steps since the last log, kept on the device so that no training step
+    waits for a device-to-host copy. `mean` names are averaged over steps and ranks, `total`
+    names summed over both."""
+
+    def __init__(self, device: torch.device, mean: tuple[str, ...], total: tuple[str, ...]):
+        self.mean, self.total = mean, total
+        self.sums = torch.zeros(len(mean) + len(total), dtype=torch.float64, device=device)
+        self.steps = 0
+
+    def add(self, **values: torch.Tensor) -> None:
+        self.sums += torch.stack([torch.as_tensor(values[name], device=self.sums.device)
+                                  .to(torch.float64).reshape(()) for name in self.mean
+                                  + self.total])
+        self.steps += 1
+
+    def reduce(self) -> dict:
+        """Every rank's window combined (a collective: all ranks call it), then reset."""
+        n = len(self.mean)
+        means = dist.all_reduce_mean(self.sums[:n]) / max(self.steps, 1)
+        totals = dist.all_reduce_sum(self.sums[n:])
+        values = torch.cat([means, totals]).tolist()  # the one host sync of the window
+        self.sums.zero_()
+        self.steps = 0
+        return dict(zip(self.mean + self.total, values))
 
 
 def _eta(seconds: float) -> str:
@@ -20,7 +54,7 @@ def _eta(seconds: float) -> str:
 class MetricsLogger:
     def __init__(self, run_dir: str, cfg, resume_step: int, enabled: bool):
         self.enabled, self.total = enabled, cfg.total_steps
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.path = metrics_path(run_dir)
         self.wandb = None
         if not enabled:
             return
@@ -31,13 +65,10 @@ class MetricsLogger:
     def _truncate_after(self, step: int) -> None:
         if not os.path.exists(self.path):
             return
-        rows = [line for line in open(self.path) if line.strip()]
+        rows = [line for line in read_text(self.path).splitlines(keepends=True) if line.strip()]
         kept = [r for r in rows if json.loads(r)["step"] <= step]
         if len(kept) != len(rows):
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.writelines(kept)
-            os.replace(tmp, self.path)
+            atomic_write(self.path, "".join(kept))
 
     def log(self, step: int, metrics: dict, samples_per_s: float, eta_s: float) -> None:
         if not self.enabled:
@@ -67,10 +98,8 @@ def _start_wandb(run_dir: str, cfg):
     id_file = os.path.join(run_dir, "wandb_id")
     try:
         import wandb
-        run_id = open(id_file).read().strip() if os.path.exists(id_file) else secrets.token_hex(4)
-        with open(id_file, "w") as f:
-            f.write(run_id)
-        import dataclasses
+        run_id = read_text(id_file).strip() if os.path.exists(id_file) else secrets.token_hex(4)
+        atomic_write(id_file, run_id)
         return wandb.init(project=cfg.wandb_project, name=cfg.name, id=run_id, resume="allow",
                           dir=wandb_dir, mode=cfg.wandb_mode, config=dataclasses.asdict(cfg),
                           settings=wandb.Settings(init_timeout=60, silent=True))

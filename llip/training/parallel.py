@@ -3,7 +3,6 @@ per-block compile, and FSDP2 sharding (per transformer block, then the root)."""
 import contextlib
 
 import torch
-import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 
 from llip.models import transformer_blocks
@@ -13,19 +12,15 @@ def use_bf16(cfg, device: torch.device) -> bool:
     return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
 
 
-def sharded() -> bool:
-    """FSDP2 whenever there is a process group (torchrun / SLURM, even with one rank)."""
-    return dist.is_initialized()
-
-
-def autocast_for(cfg, device: torch.device):
+def autocast_for(cfg, world):
     """bf16 autocast for an unsharded model; FSDP2's MixedPrecisionPolicy does it otherwise."""
-    if use_bf16(cfg, device) and not sharded():
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if use_bf16(cfg, world.device) and not world.distributed:
+        return torch.autocast(world.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def parallelize(model: torch.nn.Module, cfg, world) -> torch.nn.Module:
+    """FSDP2 whenever there is a process group (torchrun / SLURM, even with one rank)."""
     model.to(world.device)
     if cfg.grad_checkpointing:  # open_clip's Transformer checkpoints each block when set
         model.visual.transformer.grad_checkpointing = True
@@ -33,7 +28,7 @@ def parallelize(model: torch.nn.Module, cfg, world) -> torch.nn.Module:
     if cfg.torch_compile:
         for block in transformer_blocks(model):
             block.compile()
-    if sharded():
+    if world.distributed:
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if use_bf16(cfg, world.device) else MixedPrecisionPolicy())
         for block in transformer_blocks(model):

@@ -11,9 +11,8 @@ import subprocess
 import time
 
 import torch
-import yaml
 
-from llip.config import to_dict
+from llip import run_dir as rd
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
@@ -25,15 +24,11 @@ from llip.data.stream import (
 from llip.losses import contrastive_loss
 from llip.models import build_model
 from llip.training import checkpoint, dist
-from llip.training.metrics import MetricsLogger
+from llip.training.metrics import MetricsLogger, Window
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
 
 MAX_LOGIT_SCALE = math.log(100)
-
-
-def run_dir_of(cfg) -> str:
-    return os.path.join(cfg.logs, cfg.name)
 
 
 def _git_commit() -> str:
@@ -70,7 +65,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def train(self, world) -> str:
-        cfg, run_dir = self.cfg, run_dir_of(self.cfg)
+        cfg, run_dir = self.cfg, rd.path_of(self.cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = parallelize(build_model(cfg), cfg, world)
         optimizer = build_optimizer(model, cfg)
@@ -86,9 +81,9 @@ class Trainer:
 
     def _resume(self, run_dir, model, optimizer, world) -> int:
         if world.is_main:
-            checkpoint.clean_partial(run_dir)
+            rd.clean_partial(run_dir)
         dist.barrier()
-        path = checkpoint.latest(run_dir)
+        path = rd.latest(run_dir)
         if path is None:
             return 0
         state = checkpoint.load(path, model, optimizer)
@@ -98,8 +93,7 @@ class Trainer:
 
     def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
-        with open(os.path.join(run_dir, "config.yaml"), "w") as f:
-            yaml.safe_dump({**to_dict(self.cfg), "git_commit": _git_commit()}, f, sort_keys=False)
+        rd.write_config(run_dir, self.cfg, git_commit=_git_commit())
         print(f"run dir {run_dir} ({'resuming at step %d' % start if start else 'new run'}), "
               f"{self.cfg.total_steps} steps of {self.cfg.batch_size} samples on {world_size} "
               "process(es)", flush=True)
@@ -115,55 +109,49 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def _loop(self, run_dir, model, optimizer, world, start, logger) -> None:
         cfg = self.cfg
-        autocast = autocast_for(cfg, world.device)
-        gather = dist.gather_fn(world)
+        autocast = autocast_for(cfg, world)
         batches = self._stream(world, start)
-        # loss sum, steps, skipped shards, skipped samples, data checksum: kept on the device
-        # and read only at log steps, so that no step waits for a device-to-host copy.
-        window = torch.zeros(5, dtype=torch.float64, device=world.device)
-        t_window, steps_window = time.time(), 0
+        # Sums kept on the device and read only at log steps: no step waits for the host.
+        window = Window(world.device, mean=("loss",),
+                        total=("skipped_shards", "skipped_samples", "data_checksum"))
+        t_window = time.time()
         for step in range(start, cfg.total_steps):
             images, tokens, skipped = next(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
-            loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather)
-            window += torch.stack([loss.double(), torch.ones_like(window[0]),
-                                   *skipped.to(world.device, torch.float64),
-                                   images.double().sum() + tokens.double().sum()])
-            steps_window += 1
+            loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, world)
+            skipped = skipped.to(world.device, torch.float64)
+            window.add(loss=loss, skipped_shards=skipped[0], skipped_samples=skipped[1],
+                       data_checksum=images.double().sum() + tokens.double().sum())
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.total_steps:
-                window[:2] = dist.all_reduce_mean(window[:2])
-                window[2:] = dist.all_reduce_sum(window[2:])
-                elapsed = time.time() - t_window
-                rate = steps_window * cfg.batch_size / max(elapsed, 1e-9)
-                logger.log(done, {"loss": window[0].item() / window[1].item(), "lr": lr,
+                elapsed, steps = time.time() - t_window, window.steps
+                metrics = window.reduce()
+                logger.log(done, {**metrics, "lr": lr,
                                   "logit_scale": _scalar(model.logit_scale),
-                                  "skipped_shards": window[2].item(),
-                                  "skipped_samples": window[3].item(),
-                                  "data_checksum": window[4].item(),
                                   "samples_seen": done * cfg.batch_size},
-                           rate, (cfg.total_steps - done) * elapsed / steps_window)
-                window.zero_()
-                t_window, steps_window = time.time(), 0
+                           steps * cfg.batch_size / max(elapsed, 1e-9),
+                           (cfg.total_steps - done) * elapsed / steps)
+                t_window = time.time()
             if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)
-                path = checkpoint.save(run_dir, done, model, optimizer,
+                path = checkpoint.save(run_dir, cfg, done, model, optimizer,
                                        {"step": done, "samples_seen": done * cfg.batch_size},
-                                       cfg.keep_last, world.is_main)
+                                       world.is_main)
                 if world.is_main:
                     print(f"checkpoint {path}", flush=True)
 
 
-def train_step(model, optimizer, cfg, images, tokens, lr, autocast, gather) -> torch.Tensor:
+def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> torch.Tensor:
     """One optimisation step on this rank's batch; returns this rank's loss (detached, on the
     device: reading it is left to the caller, so a step never forces a sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     with autocast:
         image_emb, text_emb = model(images, tokens)
-        loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, gather)
+        loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, world.rank,
+                                dist.gather_fn(world))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:

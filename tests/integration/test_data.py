@@ -8,7 +8,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from llip.config import ConfigError, resolve
+from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     ShardStream,
@@ -18,6 +18,7 @@ from llip.data.stream import (
     decode_samples,
     expand_sources,
 )
+from llip.run_configs import resolve
 
 
 def _png(seed: int) -> bytes:
@@ -39,7 +40,8 @@ def shards(tmp_path):
     good = _write(tmp_path / "good.tar", [f"a{i}" for i in range(5)])
     bad_member = _write(tmp_path / "bad_member.tar", [f"b{i}" for i in range(5)], bad_image={"b2"})
     full = _write(tmp_path / "full.tar", [f"c{i}" for i in range(6)])
-    data = open(full, "rb").read()
+    with open(full, "rb") as f:
+        data = f.read()
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(data[: len(data) // 2])  # cut in the middle of a member
     return {"good": good, "bad_member": bad_member, "truncated": str(truncated),
@@ -114,3 +116,27 @@ def test_stream_is_deterministic_in_seed_rank_and_step(digits):
     other_step = _first_batches(cfg, rank=0, start_step=20)
     assert not torch.equal(first[0][1], other_rank[0][1])
     assert not torch.equal(first[0][1], other_step[0][1])
+
+
+def test_partitioned_shards_without_resampling_cover_each_sample_once_per_pass(tmp_path):
+    """dataset_resampled=false: every (rank, worker) reads a disjoint slice of the shards, and
+    one pass over all ranks sees every sample exactly once, in a new order every pass."""
+    keys = [[f"s{s}k{i}" for i in range(3)] for s in range(8)]
+    urls = [_write(tmp_path / f"s{s}.tar", keys[s]) for s in range(8)]
+    world, per_pass = 2, 8 * 3 // 2
+    passes = [[], []]
+    for rank in range(world):
+        stream = ShardStream([urls], [1.0], lambda image: torch.zeros(1), list, batch_size=4,
+                             shuffle_buffer=0, seed=3, rank=rank, world_size=world,
+                             start_step=0, resampled=False)
+        batches = iter(stream)
+        for seen in passes:
+            seen.append([c for _ in range(per_pass // 4) for c in next(batches)[1]])
+    everything = sorted(k for ks in keys for k in ks)
+    for seen in passes:
+        assert sorted(seen[0] + seen[1]) == everything
+    assert passes[0] != passes[1]  # reshuffled between passes
+    with pytest.raises(RuntimeError, match="needs >= 16 shards"):
+        next(iter(ShardStream([urls], [1.0], lambda image: torch.zeros(1), list, batch_size=4,
+                              shuffle_buffer=0, seed=3, rank=0, world_size=16, start_step=0,
+                              resampled=False)))

@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from llip.config import REGISTRY, ConfigError, get_config, resolve
+from llip.cli import ConfigError
 from llip.models import build_model
+from llip.run_configs import get_config, resolve
+from llip.run_configs.registry import REGISTRY
 
 get_config("llip_tiny")  # fills the registry
 EXPECTED_PARAMS_M = {"llip_b16": (140, 220), "clip_b16": (140, 160), "llip_G14": (2400, 3000)}

@@ -1,10 +1,10 @@
 """The demo end to end, as `make demo` runs it: real digits -> shards -> train -> main_mc."""
-import json
 import os
 import subprocess
 import sys
 
 from conftest import REPO
+from llip.io import read_json
 
 
 def test_demo_reaches_90_percent_top1_on_held_out_digits(tmp_path):
@@ -16,7 +16,7 @@ def test_demo_reaches_90_percent_top1_on_held_out_digits(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| llip_demo" in result.stdout and "run dir:" in result.stdout
     results = tmp_path / "logs" / "llip_demo" / "evals" / "results"
-    final = json.load(open(results / "llip_demo__step00000440__digits.json"))
+    final = read_json(results / "llip_demo__step00000440__digits.json")
     assert final["n"] == 360 and final["metric"] == "acc1"
     assert final["value"] >= 0.90, final  # chance is 0.10
     assert (results / "llip_demo__step00000440__digits_retrieval.json").exists()

@@ -9,9 +9,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from llip.config import resolve
+from llip import run_dir as rd
 from llip.models import build_model
+from llip.run_configs import resolve
 from llip.training import checkpoint
+from llip.training.dist import World
 from llip.training.optim import build_optimizer
 from llip.training.trainer import train_step
 
@@ -40,7 +42,7 @@ def _reference():
     model = build_model(cfg)
     optimizer = build_optimizer(model, cfg)
     losses = [train_step(model, optimizer, cfg, x, t, cfg.lr, contextlib.nullcontext(),
-                         None).item() for x, t in _batches()]
+                         World()).item() for x, t in _batches()]
     return losses, model.state_dict()
 
 
@@ -59,10 +61,9 @@ def _worker(rank, port, ckpt_dir, queue):
     losses = []
     for x, t in _batches():
         loss = train_step(model, optimizer, cfg, x[local], t[local], cfg.lr,
-                          contextlib.nullcontext(), llip_dist.gather_with_grad)
+                          contextlib.nullcontext(), world)
         losses.append(llip_dist.all_reduce_mean(loss.reshape(1)).item())
-    checkpoint.save(ckpt_dir, STEPS, model, optimizer, {"step": STEPS}, keep_last=1,
-                    is_main=rank == 0)
+    checkpoint.save(ckpt_dir, cfg, STEPS, model, optimizer, {"step": STEPS}, is_main=rank == 0)
     if rank == 0:
         queue.put(losses)
     dist.destroy_process_group()
@@ -88,8 +89,7 @@ def test_fsdp2_two_ranks_match_one_process_and_checkpoint_reshards(tmp_path):
         assert abs(a - b) < TOLERANCE, (sharded_losses, ref_losses)
 
     # The checkpoint written by 2 sharded ranks loads into one plain process.
-    model = build_model(_cfg())
-    state = checkpoint.load(checkpoint.latest(str(tmp_path)), model)
-    assert state["step"] == STEPS
+    model, _, step = rd.load_model(rd.latest(str(tmp_path)))
+    assert step == STEPS
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, ref_state[name], atol=1e-4, rtol=0, msg=name)

@@ -11,9 +11,10 @@ import webdataset as wds
 from PIL import Image
 
 from conftest import run_cli
-from llip.config import ConfigError, resolve
+from llip.cli import ConfigError
 from llip.data.convert import convert, read_csv, read_folder, read_json
 from llip.data.stream import SkipCounter, decode_samples, expand_sources, with_dataset_size
+from llip.run_configs import resolve
 
 CAPTIONS = ["a red square", "ein rotes Quadrat ü", "un carré rouge é", "赤い四角", "a blue dot"]
 

@@ -11,9 +11,8 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli
-from llip.config import resolve
-from llip.models import build_model
-from llip.training import checkpoint
+from llip import run_dir as rd
+from llip.io import read_text
 
 STEPS, CKPT_EVERY = 20, 10
 
@@ -25,17 +24,16 @@ def _args(digits, logs, name):
 
 
 def _metrics(run_dir):
-    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [json.loads(line) for line in read_text(os.path.join(run_dir, "metrics.jsonl"))
+            .splitlines()]
 
 
 def _weights(run_dir, step):
-    model = build_model(resolve("llip_tiny"))
-    checkpoint.load(os.path.join(run_dir, "checkpoints", f"step_{step:08d}"), model)
-    return model.state_dict()
+    return rd.load_model(rd.checkpoint_dir(str(run_dir), step))[0].state_dict()
 
 
 def _run_and_kill_after_checkpoint(args, marker, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": REPO}
+    env = {**os.environ, "WANDB_MODE": "offline"}
     proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + timeout
@@ -78,11 +76,12 @@ def test_checkpoints_are_atomic_kept_last_n_and_run_dir_is_complete(digits, tmp_
                      f"logs={tmp_path}", "name=run", "train_num_samples=96", "batch_size=16",
                      "checkpoint_every=2", "keep_last=2", "log_every=2", "workers=1")
     assert result.returncode == 0, result.stderr[-2000:]
-    done = checkpoint.complete_checkpoints(str(run_dir))
+    done = rd.complete_checkpoints(str(run_dir))
     assert [os.path.basename(d) for d in done] == ["step_00000004", "step_00000006"]
     assert not stale.exists()
-    assert checkpoint.latest(str(run_dir)).endswith("step_00000006")
+    assert rd.latest(str(run_dir)).endswith("step_00000006")
     assert (run_dir / "config.yaml").exists()
+    assert all(os.path.exists(os.path.join(d, "config.yaml")) for d in done)  # self-describing
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert all(r["skipped_shards"] == 0 and r["samples_per_s"] > 0 for r in rows)
@@ -144,19 +143,21 @@ def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path):
     assert crashed.returncode == -9
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "step_00000004.tmp").exists()
-    assert checkpoint.latest(str(run_dir)).endswith("step_00000002")
-    model = build_model(resolve("llip_tiny"))
-    assert checkpoint.load(checkpoint.latest(str(run_dir)), model)["step"] == 2
+    assert rd.latest(str(run_dir)).endswith("step_00000002")
+    assert rd.load_model(rd.latest(str(run_dir)))[2] == 2
 
     resumed = run_cli("-m", "llip.main", *args)
     assert resumed.returncode == 0 and "at step 2" in resumed.stdout, resumed.stderr[-2000:]
-    assert checkpoint.latest(str(run_dir)).endswith("step_00000006")
+    assert rd.latest(str(run_dir)).endswith("step_00000006")
 
     exported = run_cli("-m", "llip.training.export", str(run_dir), str(tmp_path / "m.pt"))
     assert exported.returncode == 0, exported.stderr
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
     assert blob["step"] == 6 and blob["config"]["name"] == "run"
-    model.load_state_dict(blob["state_dict"])
+    model, cfg, step = rd.load_model(str(tmp_path / "m.pt"))
+    assert step == 6 and cfg.name == "run"
+    for name, value in rd.load_model(str(run_dir))[0].state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value, atol=0, rtol=0)
 
 
 def test_submit_cli_dry_run_and_no_slurm_errors(digits, tmp_path, monkeypatch):

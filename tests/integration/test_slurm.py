@@ -12,7 +12,8 @@ import time
 import pytest
 
 from conftest import REPO, run_cli
-from llip.training.checkpoint import load_model
+from llip.io import read_text
+from llip.run_dir import load_model
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def _wait(condition, timeout: float, what: str, logs_dir=None):
             if logs_dir and os.path.isdir(logs_dir):
                 for name in sorted(os.listdir(logs_dir)):
                     if name.endswith((".out", ".err")):
-                        text = open(os.path.join(logs_dir, name)).read()
+                        text = read_text(os.path.join(logs_dir, name))
                         detail += f"\n--- {name}\n{text[-1500:]}"
             pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(1)
@@ -60,7 +61,8 @@ def _submit(digits, logs, *overrides):
 
 
 def _steps(run_dir):
-    return [json.loads(line)["step"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return [json.loads(line)["step"] for line in
+            read_text(os.path.join(run_dir, "metrics.jsonl")).splitlines()]
 
 
 @pytest.mark.parametrize("nodes,tasks", [(2, 1), (1, 2)])
@@ -71,11 +73,11 @@ def test_multi_process_training_on_slurm(slurm, digits, tmp_path, nodes, tasks):
     run_dir = tmp_path / "llip_tiny"
     folder = run_dir / "submitit"
     _wait(lambda: not _queued(job_id), 300, f"job {job_id} to finish", folder)
-    rank0 = open(folder / f"{job_id}_0_log.out").read()
+    rank0 = read_text(folder / f"{job_id}_0_log.out")
     assert "on 2 process(es)" in rank0
     for task in range(2):  # both ranks ran the job to the end
-        assert "Job completed successfully" in open(folder / f"{job_id}_{task}_log.err").read() \
-            + open(folder / f"{job_id}_{task}_log.out").read()
+        assert "Job completed successfully" in read_text(folder / f"{job_id}_{task}_log.err") \
+            + read_text(folder / f"{job_id}_{task}_log.out")
     assert _steps(run_dir) == list(range(2, steps + 1, 2))
     model, cfg, step = load_model(str(run_dir))  # sharded at 2 ranks, loaded at world size 1
     assert step == steps and cfg.nodes == nodes
@@ -100,7 +102,7 @@ def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_pa
     final = run_dir / "checkpoints" / f"step_{steps:08d}" / "COMPLETE"
     _wait(lambda: final.exists() and not _queued(job_id), 400, "the requeued job to finish",
           folder)
-    log = open(folder / f"{job_id}_0_log.out").read() + open(folder / f"{job_id}_0_log.err").read()
+    log = read_text(folder / f"{job_id}_0_log.out") + read_text(folder / f"{job_id}_0_log.err")
     assert "resumed from" in log, log[-3000:]
     assert _steps(run_dir) == list(range(1, steps + 1))  # every step exactly once
 

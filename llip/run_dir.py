@@ -1,0 +1,152 @@
+"""The run directory: the on-disk contract that training writes and evals and export read.
+
+    <logs>/<name>/
+      config.yaml                  the resolved config + git commit, written at start
+      metrics.jsonl                one JSON row per log step
+      checkpoints/step_XXXXXXXX/   DCP files (model, optimizer, trainer state), config.yaml (the
+                                   config the checkpoint was made with) and COMPLETE (JSON)
+      wandb/, submitit/
+
+A checkpoint counts only once COMPLETE exists (it is written last, then the directory is renamed
+from step_XXXXXXXX.tmp); `latest` is the newest complete one. A checkpoint directory is
+self-describing: loading it needs nothing from the directories above it.
+
+Export: one file {"state_dict", "config", "step"} of plain tensors and Python values, loadable
+with torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import warnings
+
+import torch
+import torch.distributed.checkpoint as dcp
+import yaml
+
+from llip.cli import ConfigError
+from llip.config import RunConfig, from_dict, to_dict
+from llip.io import atomic_path, atomic_write, read_json, write_json
+from llip.models import build_model
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+MARKER = "COMPLETE"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+# DCP without a process group is our intended single-process mode, not a mistake.
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+
+
+def path_of(cfg: RunConfig) -> str:
+    return os.path.join(cfg.logs, cfg.name)
+
+
+def metrics_path(run_dir: str) -> str:
+    return os.path.join(run_dir, METRICS)
+
+
+# ---------------------------------------------------------------- config.yaml
+def write_config(directory: str, cfg: RunConfig, **extra) -> str:
+    text = yaml.safe_dump({**to_dict(cfg), **extra}, sort_keys=False)
+    return atomic_write(os.path.join(directory, CONFIG), text)
+
+
+def read_config(directory: str) -> RunConfig:
+    path = os.path.join(directory, CONFIG)
+    if not os.path.exists(path):
+        raise ConfigError(f"no {CONFIG} in {directory}: is it a run or checkpoint directory "
+                          "of llip.main?")
+    with open(path, encoding="utf-8") as f:
+        saved = yaml.safe_load(f)
+    saved.pop("git_commit", None)
+    return from_dict(saved)
+
+
+# ---------------------------------------------------------------- checkpoints/
+def checkpoints_dir(run_dir: str) -> str:
+    return os.path.join(run_dir, "checkpoints")
+
+
+def checkpoint_dir(run_dir: str, step: int) -> str:
+    return os.path.join(checkpoints_dir(run_dir), f"step_{step:08d}")
+
+
+def is_complete(path: str) -> bool:
+    return os.path.exists(os.path.join(path, MARKER))
+
+
+def complete_checkpoints(run_dir: str) -> list[str]:
+    root = checkpoints_dir(run_dir)
+    if not os.path.isdir(root):
+        return []
+    return [os.path.join(root, d) for d in sorted(os.listdir(root))
+            if _STEP_DIR.match(d) and is_complete(os.path.join(root, d))]
+
+
+def latest(run_dir: str) -> str | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
+
+
+def read_marker(path: str) -> dict:
+    return read_json(os.path.join(path, MARKER))
+
+
+def write_marker(path: str, state: dict) -> None:
+    write_json(os.path.join(path, MARKER), state)
+
+
+def step_of(path: str) -> int:
+    return int(read_marker(path)["step"])
+
+
+def clean_partial(run_dir: str) -> None:
+    """Remove leftovers of saves that crashed (never a complete checkpoint)."""
+    root = checkpoints_dir(run_dir)
+    if os.path.isdir(root):
+        for d in os.listdir(root):
+            if d.endswith(".tmp"):
+                shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+
+
+def prune(run_dir: str, keep_last: int) -> None:
+    for old in complete_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str) -> str:
+    """A run dir means its latest complete checkpoint; a checkpoint dir must be complete."""
+    if is_complete(path):
+        return path
+    found = latest(path)
+    if found is None:
+        raise ConfigError(f"no complete checkpoint at {path}: give a run dir or a "
+                          "checkpoints/step_* dir")
+    return found
+
+
+# ---------------------------------------------------------------- inference loading and export
+def save_export(path: str, model: torch.nn.Module, cfg: RunConfig, step: int) -> str:
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "config": to_dict(cfg), "step": step}, tmp)
+    return path
+
+
+def load_model(path: str, device="cpu"):
+    """A run dir, a DCP checkpoint dir or an exported .pt -> (model in eval mode, config, step)."""
+    if os.path.isfile(path):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        cfg = from_dict(blob["config"])
+        model = build_model(cfg)
+        model.load_state_dict(blob["state_dict"])
+        return model.to(device).eval(), cfg, int(blob["step"])
+    if not os.path.exists(path):
+        raise ConfigError(f"checkpoint {path} does not exist: give a run dir, a "
+                          "checkpoints/step_* dir or an exported .pt file")
+    ckpt = resolve_checkpoint(path)
+    cfg = read_config(ckpt)
+    model = build_model(cfg)
+    state = {"model": model.state_dict()}  # DCP loads in place into these tensors
+    dcp.load(state, checkpoint_id=ckpt)
+    return model.to(device).eval(), cfg, step_of(ckpt)

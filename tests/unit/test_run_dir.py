@@ -1,0 +1,80 @@
+"""The run directory's bookkeeping without training: which checkpoints count, pruning, crash
+leftovers, self-describing checkpoint dirs, exports, atomic writes, metric windows."""
+import os
+
+import pytest
+import torch
+
+from llip import run_dir as rd
+from llip.cli import ConfigError
+from llip.io import atomic_path, atomic_write, read_text
+from llip.models import build_model
+from llip.run_configs import resolve
+from llip.training.metrics import Window
+
+
+def _fake_checkpoint(run_dir, step, complete=True, suffix=""):
+    path = rd.checkpoint_dir(str(run_dir), step) + suffix
+    os.makedirs(path)
+    if complete:
+        rd.write_marker(path, {"step": step})
+    return path
+
+
+def test_only_complete_step_dirs_count_and_latest_is_newest(tmp_path):
+    for step in (10, 30, 20):
+        _fake_checkpoint(tmp_path, step)
+    _fake_checkpoint(tmp_path, 40, complete=False)  # DCP files written, marker missing
+    _fake_checkpoint(tmp_path, 50, suffix=".tmp")  # a save that crashed
+    os.makedirs(os.path.join(rd.checkpoints_dir(str(tmp_path)), "notes"))
+    done = rd.complete_checkpoints(str(tmp_path))
+    assert [os.path.basename(d) for d in done] == ["step_00000010", "step_00000020",
+                                                  "step_00000030"]
+    assert rd.latest(str(tmp_path)) == done[-1] and rd.step_of(done[-1]) == 30
+    assert rd.resolve_checkpoint(str(tmp_path)) == done[-1]
+    assert rd.resolve_checkpoint(done[0]) == done[0]
+    rd.clean_partial(str(tmp_path))
+    assert not os.path.exists(rd.checkpoint_dir(str(tmp_path), 50) + ".tmp")
+    rd.prune(str(tmp_path), keep_last=2)
+    assert [rd.step_of(d) for d in rd.complete_checkpoints(str(tmp_path))] == [20, 30]
+
+
+def test_no_checkpoint_is_a_config_error(tmp_path):
+    assert rd.latest(str(tmp_path)) is None
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        rd.resolve_checkpoint(str(tmp_path))
+    with pytest.raises(ConfigError, match="does not exist"):
+        rd.load_model(str(tmp_path / "nowhere"))
+
+
+def test_config_round_trip_and_export_load(tmp_path):
+    cfg = resolve("clip_tiny", ["name=exp"])
+    rd.write_config(str(tmp_path), cfg, git_commit="abc")
+    assert rd.read_config(str(tmp_path)) == cfg
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    path = rd.save_export(str(tmp_path / "m.pt"), model, cfg, 7)
+    loaded, loaded_cfg, step = rd.load_model(path)
+    assert step == 7 and loaded_cfg == cfg and not loaded.training
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], value, atol=0, rtol=0)
+
+
+def test_atomic_write_never_leaves_a_torn_file(tmp_path):
+    path = str(tmp_path / "a.txt")
+    atomic_write(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("killed mid-write")
+    assert read_text(path) == "old" and os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_metric_window_means_and_totals():
+    window = Window(torch.device("cpu"), mean=("loss",), total=("skipped",))
+    for loss, skipped in ((1.0, 2), (3.0, 0), (5.0, 1)):
+        window.add(loss=torch.tensor(loss), skipped=torch.tensor(skipped))
+    assert window.steps == 3
+    assert window.reduce() == {"loss": 3.0, "skipped": 3.0}
+    assert window.steps == 0 and window.sums.abs().sum() == 0
