@@ -20,6 +20,7 @@ from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
 from evals.runner import result_path, run_task
 from llip import run_dir as rd
 from llip.cli import ConfigError, cli, closest
+from llip.models import open_clip_format
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,9 +85,16 @@ def load_sweep(path: str) -> SweepConfig:
 
 def expand_checkpoints(specs) -> list[str]:
     """Each spec -> checkpoint paths: a .pt file, a checkpoint dir, a run dir (its latest, or
-    every complete checkpoint with {path: run_dir, all: true}), or a glob of those."""
+    every complete checkpoint with {path: run_dir, all: true}), or a glob of those; or an
+    open_clip model {openclip: NAME, pretrained: PATH_OR_TAG}."""
     found = []
     for spec in specs:
+        if isinstance(spec, dict) and "openclip" in spec:  # an open_clip baseline
+            found.append(open_clip_format.subject_spec(spec["openclip"], spec.get("pretrained")))
+            continue
+        if isinstance(spec, dict) and "path" not in spec:
+            raise ConfigError(f"checkpoint entry {spec} needs 'path' (or 'openclip' and "
+                              "'pretrained' for an open_clip model)")
         every = isinstance(spec, dict) and spec.get("all", False)
         pattern = spec["path"] if isinstance(spec, dict) else spec
         matches = sorted(glob.glob(pattern)) or ([pattern] if os.path.exists(pattern) else [])
@@ -106,6 +114,8 @@ def expand_checkpoints(specs) -> list[str]:
 
 
 def checkpoint_tag(path: str) -> str:
+    if open_clip_format.is_subject(path):
+        return open_clip_format.subject_tag(path)
     if os.path.isfile(path):
         return os.path.splitext(os.path.basename(path))[0]
     return f"{rd.read_config(path).name}__step{rd.step_of(path):08d}"

@@ -26,7 +26,9 @@ def run_task(task: dict) -> dict:
     model, cfg, step = load_model(task["checkpoint"], device)
     tau = task["eval_tau"]  # Llip: softmax temperature over mixture tokens (None: trained one)
     entry = task["dataset"]
-    transform, tokenizer = transform_for(cfg, train=False), tokenizer_for(cfg)
+    # an open_clip subject brings its own preprocessing and tokenizer
+    transform = getattr(model, "preprocess", None) or transform_for(cfg, train=False)
+    tokenizer = getattr(model, "tokenizer", None) or tokenizer_for(cfg)
     if entry["task"] == "zeroshot_classification":
         batches, classnames = classification_batches(entry, transform, task["batch_size"],
                                                      task["workers"])

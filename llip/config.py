@@ -33,6 +33,7 @@ class RunConfig:
     text_layers: int = 12
     text_heads: int = 8
     mlp_ratio: float = 4.0
+    text_mlp_ratio: float = 0.0  # 0: same as mlp_ratio (G/14's text tower uses 4.0, not 4.9231)
     context_length: int = 77
     vocab_size: int = 49408  # open_clip's BPE tokenizer
     embed_dim: int = 512
@@ -44,6 +45,16 @@ class RunConfig:
     llip_chunk: int = 1024  # texts per block in the pairwise Llip score (bounds memory)
     init_logit_scale: float = math.log(1 / 0.07)
     init_logit_bias: float = -10.0  # siglip and llip only
+
+    # --- starting point and what trains (llip/models/pretrained.py, llip/models/tuning.py) ---
+    init_from: str = ""  # weights file (llip export, released Llip, open_clip) or hf-hub:org/name
+    init_from_model: str = ""  # the open_clip model name of an open_clip init_from
+    lock_image: bool = False  # freeze the vision tower (LiT)
+    lock_text: bool = False  # freeze the text tower
+    unlock_last_n: int = 0  # ...except its last n blocks, final LayerNorm and projection
+    unlock_norms: bool = False  # ...except its LayerNorms
+    unlock_biases: bool = False  # ...except its biases (BitFit)
+    lora_rank: int = 0  # LoRA adapters on the attention projections of locked towers
 
     # --- data: WebDataset shards ---
     train_data: str = ""  # brace-expanded shard spec; '::' joins sources
@@ -115,6 +126,7 @@ class RunConfig:
         if self.image_size % self.patch_size:
             raise ConfigError(f"image_size={self.image_size} must be divisible by "
                               f"patch_size={self.patch_size}")
+        _check_tuning(self)
         if self.cross_attn_tau <= 0:
             raise ConfigError(f"cross_attn_tau={self.cross_attn_tau} must be > 0")
         n_sources = len(self.train_data.split("::")) if self.train_data else 0
@@ -137,6 +149,20 @@ class RunConfig:
         if not self.train_data:
             raise ConfigError("train_data is empty: set "
                               "train_data=/path/shard-{000000..000099}.tar")
+
+
+def _check_tuning(cfg: "RunConfig") -> None:
+    for f in ("unlock_last_n", "lora_rank", "text_mlp_ratio"):
+        if getattr(cfg, f) < 0:
+            raise ConfigError(f"{f}={getattr(cfg, f)} must be >= 0")
+    partial = [f for f in ("unlock_last_n", "unlock_norms", "unlock_biases", "lora_rank")
+               if getattr(cfg, f)]
+    if partial and not (cfg.lock_image or cfg.lock_text):
+        raise ConfigError(f"{partial[0]} only applies to a locked tower: set lock_image=true "
+                          "and/or lock_text=true")
+    if cfg.init_from_model and not cfg.init_from:
+        raise ConfigError(f"init_from_model={cfg.init_from_model} without init_from: give the "
+                          "weights, e.g. init_from=/path/open_clip_model.pt")
 
 
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

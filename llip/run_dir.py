@@ -12,10 +12,13 @@ from step_XXXXXXXX.tmp); `latest` is the newest complete one. A checkpoint direc
 self-describing: loading it needs nothing from the directories above it.
 
 Export: one file {"state_dict", "config", "step"} of plain tensors and Python values, loadable
-with torch.load(weights_only=True).
+with torch.load(weights_only=True); as .safetensors, config (JSON) and step are in the metadata.
+load_model also reads the Llip authors' released checkpoints and open_clip eval subjects
+(llip.models.pretrained, llip.models.open_clip_format).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +32,9 @@ from llip.cli import ConfigError
 from llip.config import RunConfig, from_dict, to_dict
 from llip.io import atomic_path, atomic_write, read_json, write_json
 from llip.models import build_model
+from llip.models.open_clip_format import is_subject, load_subject
+from llip.models.pretrained import is_export, load_foreign, load_into, read_weights
+from llip.models.tuning import apply_tuning, merge_lora
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -129,17 +135,29 @@ def resolve_checkpoint(path: str) -> str:
 # ---------------------------------------------------------------- inference loading and export
 def save_export(path: str, model: torch.nn.Module, cfg: RunConfig, step: int) -> str:
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "config": to_dict(cfg), "step": step}, tmp)
+        if path.endswith(".safetensors"):
+            from safetensors.torch import save_file
+            save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, tmp,
+                      metadata={"llip_config": json.dumps(to_dict(cfg)), "llip_step": str(step)})
+        else:
+            torch.save({"state_dict": model.state_dict(), "config": to_dict(cfg), "step": step},
+                       tmp)
     return path
 
 
-def load_model(path: str, device="cpu"):
-    """A run dir, a DCP checkpoint dir or an exported .pt -> (model in eval mode, config, step)."""
+def load_model(path: str, device="cpu", config: str = ""):
+    """A run dir, a DCP checkpoint dir, an exported .pt / .safetensors, a released Llip
+    checkpoint (its config named by `config` or chosen from its shapes) or an open_clip eval
+    subject "openclip:NAME@PRETRAINED" -> (model in eval mode, config, step)."""
+    if is_subject(path):
+        return load_subject(path, device)
     if os.path.isfile(path):
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        blob = read_weights(path)
+        if not is_export(blob):
+            return load_foreign(path, blob, device, config)
         cfg = from_dict(blob["config"])
         model = build_model(cfg)
-        model.load_state_dict(blob["state_dict"])
+        load_into(model, blob["state_dict"], [], path)
         return model.to(device).eval(), cfg, int(blob["step"])
     if not os.path.exists(path):
         raise ConfigError(f"checkpoint {path} does not exist: give a run dir, a "
@@ -147,6 +165,8 @@ def load_model(path: str, device="cpu"):
     ckpt = resolve_checkpoint(path)
     cfg = read_config(ckpt)
     model = build_model(cfg)
+    apply_tuning(model, cfg)  # a tuned run's checkpoint holds its LoRA adapters
     state = {"model": model.state_dict()}  # DCP loads in place into these tensors
     dcp.load(state, checkpoint_id=ckpt)
+    merge_lora(model)
     return model.to(device).eval(), cfg, step_of(ckpt)

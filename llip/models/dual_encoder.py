@@ -13,7 +13,8 @@ class DualEncoder(nn.Module):
                                   cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
                                   cfg.quick_gelu, n_prefix=1)
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text_width,
-                              cfg.text_layers, cfg.text_heads, cfg.mlp_ratio, cfg.quick_gelu)
+                              cfg.text_layers, cfg.text_heads, cfg.text_mlp_ratio or cfg.mlp_ratio,
+                              cfg.quick_gelu)
         self.image_proj = nn.Parameter(cfg.vision_width ** -0.5 *
                                        torch.randn(cfg.vision_width, cfg.embed_dim))
         self.text_proj = nn.Parameter(cfg.text_width ** -0.5 *

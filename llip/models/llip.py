@@ -120,7 +120,8 @@ class LlipModel(nn.Module):
                                   cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
                                   cfg.quick_gelu, n_prefix=cfg.mixture_tokens)
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text_width,
-                              cfg.text_layers, cfg.text_heads, cfg.mlp_ratio, cfg.quick_gelu)
+                              cfg.text_layers, cfg.text_heads, cfg.text_mlp_ratio or cfg.mlp_ratio,
+                              cfg.quick_gelu)
         self.head = LlipHead(cfg)
 
     @property

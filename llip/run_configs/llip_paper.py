@@ -30,18 +30,21 @@ def llip_b16() -> RunConfig:
 @register
 def llip_l14() -> RunConfig:
     return dataclasses.replace(
-        PAPER, description="Llip ViT-L/14, K=32, tau 1; paper recipe on 128 GPUs",
-        patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
+        PAPER, description="Llip ViT-L/14, K=32, tau 1, context 64 (as the reference); "
+        "paper recipe on 128 GPUs",
+        patch_size=14, context_length=64, vision_width=1024, vision_layers=24, vision_heads=16,
         text_width=768, text_heads=12, embed_dim=768, cross_attn_tau=1.0, lr=4e-4)
 
 
 @register
 def llip_h14() -> RunConfig:
     return dataclasses.replace(
-        PAPER, description="Llip ViT-H/14, K=32, tau 5, qkv LayerNorm; 128 per GPU x 256 GPUs",
+        PAPER, description="Llip ViT-H/14, K=64 (as the reference), tau 5, qkv LayerNorm; "
+        "128 per GPU x 256 GPUs",
         patch_size=14, vision_width=1280, vision_layers=32, vision_heads=16,
         text_width=1024, text_layers=24, text_heads=16, embed_dim=1024,
-        cross_attn_qkv_norm=True, lr=4e-4, nodes=32, grad_checkpointing=True)
+        mixture_tokens=64, cross_attn_qkv_norm=True, lr=4e-4, nodes=32,
+        grad_checkpointing=True)
 
 
 @register
@@ -49,6 +52,6 @@ def llip_G14() -> RunConfig:
     return dataclasses.replace(
         PAPER, description="Llip ViT-G/14 (bigG sizes), K=64, tau 5, qkv LayerNorm; 256 GPUs",
         patch_size=14, vision_width=1664, vision_layers=48, vision_heads=16, mlp_ratio=4.9231,
-        text_width=1280, text_layers=32, text_heads=20, embed_dim=1280,
+        text_width=1280, text_layers=32, text_heads=20, text_mlp_ratio=4.0, embed_dim=1280,
         mixture_tokens=64, cross_attn_qkv_norm=True, lr=4e-4, nodes=32,
         grad_checkpointing=True)

@@ -22,9 +22,10 @@ from llip.data.stream import (
     with_dataset_size,
 )
 from llip.losses import contrastive_loss
-from llip.models import build_model
+from llip.models.pretrained import check_init_from
 from llip.training import checkpoint, dist
 from llip.training.metrics import MetricsLogger, Window
+from llip.training.model_setup import build_for_training
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
 
@@ -48,6 +49,7 @@ def _scalar(param) -> float:
 def checked_for_training(cfg):
     """Fail before any work on what a run cannot start without; size the data if needed."""
     cfg.require_training_inputs()
+    check_init_from(cfg)
     check_shards(expand_sources(cfg.train_data))
     return with_dataset_size(cfg)
 
@@ -67,7 +69,7 @@ class Trainer:
     def train(self, world) -> str:
         cfg, run_dir = self.cfg, rd.path_of(self.cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = parallelize(build_model(cfg), cfg, world)
+        model = parallelize(build_for_training(cfg, run_dir, world.is_main), cfg, world)
         optimizer = build_optimizer(model, cfg)
         start = self._resume(run_dir, model, optimizer, world)
         if world.is_main:

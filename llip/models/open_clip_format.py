@@ -1,0 +1,293 @@
+"""open_clip's CLIP state-dict names <-> ours, its model configs <-> our RunConfig, and open_clip
+models as eval subjects.
+
+Our towers are built from open_clip's Transformer blocks, so block names already agree; the
+differences are at the edges of the towers:
+    open_clip                              ours (DualEncoder)
+    visual.class_embedding (W,)            visual.prefix_tokens (1, W)
+    visual.positional_embedding (1+G, W)   visual.prefix_pos (1, W) + visual.patch_pos (G, W)
+    visual.proj (W, D), x @ W              image_proj (W, D), x @ W
+    token_embedding, positional_embedding, text.token_embedding, text.positional_embedding,
+    transformer.*, ln_final.* (top level)  text.transformer.*, text.ln_final.*
+    text_projection (W_t, D), x @ W        text_proj (W_t, D), x @ W
+    logit_scale, logit_bias (0-D)          logit_scale, logit_bias (1,): FSDP2 shards 1-D only
+open_clip's CustomTextCLIP keeps the same text tower under `text.`; both are read.
+"""
+import dataclasses
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llip.cli import ConfigError, closest
+from llip.config import RunConfig
+
+VISION_SAME = ("visual.conv1.", "visual.ln_pre.", "visual.transformer.", "visual.ln_post.")
+TEXT_TOP = ("token_embedding", "positional_embedding", "transformer", "ln_final")
+SCALARS = ("logit_scale", "logit_bias")
+# Keys some CLIP checkpoints carry that are not weights (OpenAI's archives, old buffers).
+NOT_WEIGHTS = {"input_resolution", "context_length", "vocab_size", "attn_mask", "text.attn_mask"}
+
+
+def _text_name(name: str) -> str:
+    """A CustomTextCLIP text name (text.token_embedding...) -> the CLIP one (token_embedding...)."""
+    inner = name[len("text."):] if name.startswith("text.") else ""
+    return inner if inner.split(".")[0] in (*TEXT_TOP, "text_projection") else name
+
+
+def to_ours(sd: dict) -> tuple[dict, list[str]]:
+    """open_clip CLIP tensors -> (our DualEncoder names -> tensors, source names with no home)."""
+    out, leftovers = {}, []
+    for source, t in sd.items():
+        name = _text_name(source)
+        if name in NOT_WEIGHTS:
+            continue
+        if name == "visual.class_embedding":
+            out["visual.prefix_tokens"] = t.reshape(1, -1)
+        elif name == "visual.positional_embedding":
+            out["visual.prefix_pos"], out["visual.patch_pos"] = t[:1], t[1:]
+        elif name == "visual.proj":
+            out["image_proj"] = t
+        elif name.startswith(VISION_SAME):
+            out[name] = t
+        elif name.split(".")[0] in TEXT_TOP:
+            out["text." + name] = t
+        elif name == "text_projection":
+            out["text_proj"] = t
+        elif name in SCALARS:
+            out[name] = t.reshape(1)
+        else:
+            leftovers.append(source)
+    return out, leftovers
+
+
+def from_ours(sd: dict) -> dict:
+    """Our DualEncoder state dict -> open_clip CLIP names (contiguous copies, 0-D scalars)."""
+    out = {}
+    for name, t in sd.items():
+        if name == "visual.prefix_tokens":
+            out["visual.class_embedding"] = t.reshape(-1)
+        elif name == "visual.prefix_pos":
+            out["visual.positional_embedding"] = torch.cat([t, sd["visual.patch_pos"]])
+        elif name == "visual.patch_pos":
+            continue
+        elif name == "image_proj":
+            out["visual.proj"] = t
+        elif name == "text_proj":
+            out["text_projection"] = t
+        elif name.startswith("text."):
+            out[name[len("text."):]] = t
+        elif name in SCALARS:
+            out[name] = t.reshape(())
+        else:
+            out[name] = t
+    return {k: v.detach().clone().contiguous() for k, v in out.items()}
+
+
+# ---------------------------------------------------------------- model configs
+# open_clip ViT/text options our towers do not implement; the value is what we require.
+_VISION_REQUIRED = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
+                    "pos_embed_type": "learnable", "pool_type": "tok", "block_type": None,
+                    "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False,
+                    "scale_attn_inner": False, "scale_attn": False, "scale_fc": False,
+                    "act_kwargs": None, "norm_kwargs": None, "timm_model_name": None}
+_TEXT_REQUIRED = {"ls_init_value": None, "embed_cls": False, "no_causal_mask": False,
+                  "pool_type": "argmax", "proj_bias": False, "proj_type": "linear",
+                  "block_type": None, "qk_norm": False, "scaled_cosine_attn": False,
+                  "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
+                  "scale_fc": False, "act_kwargs": None, "norm_kwargs": None,
+                  "hf_model_name": None}
+
+
+def model_config(name: str) -> dict:
+    """open_clip's config of a model name (built-in, a JSON registered with add_model_config,
+    or hf-hub:org/repo when online); a one-line error with the closest names otherwise."""
+    import open_clip
+    try:
+        found = open_clip.get_model_config(name)
+    except Exception as exn:  # hub unreachable, repo without an open_clip config
+        raise ConfigError(f"open_clip model {name}: {str(exn).splitlines()[0][:200]}") from None
+    if found is None:
+        raise ConfigError(f"open_clip model {name!r} does not exist; closest: "
+                          f"{closest(name, open_clip.list_models())}")
+    return found
+
+
+def _towers(oc: dict):
+    from open_clip import CLIPTextCfg, CLIPVisionCfg
+    try:
+        return CLIPVisionCfg(**oc["vision_cfg"]), CLIPTextCfg(**oc["text_cfg"])
+    except (KeyError, TypeError) as exn:
+        raise ConfigError(f"open_clip config has unexpected tower settings: {exn}") from None
+
+
+def architecture(oc: dict) -> dict:
+    """The RunConfig model fields an open_clip CLIP config stands for; ConfigError when the
+    model uses a part our towers do not have (timm/HF towers, ResNets, layer scale, ...)."""
+    vision, text = _towers(oc)
+    unsupported = [f"vision {k}={getattr(vision, k)!r}" for k, v in _VISION_REQUIRED.items()
+                   if getattr(vision, k) != v]
+    unsupported += [f"text {k}={getattr(text, k)!r}" for k, v in _TEXT_REQUIRED.items()
+                    if getattr(text, k) != v]
+    if not isinstance(vision.layers, int):
+        unsupported.append("a ResNet vision tower")
+    if oc.get("multimodal_cfg"):
+        unsupported.append("a CoCa decoder")
+    if not isinstance(vision.image_size, int):
+        unsupported.append(f"image_size={vision.image_size}")
+    if unsupported:
+        raise ConfigError(f"open_clip model uses {', '.join(unsupported)}, which llip's towers "
+                          "do not implement")
+    return {"image_size": vision.image_size, "patch_size": vision.patch_size,
+            "vision_width": vision.width, "vision_layers": vision.layers,
+            "vision_heads": vision.width // vision.head_width, "mlp_ratio": vision.mlp_ratio,
+            "text_width": text.width, "text_layers": text.layers, "text_heads": text.heads,
+            "text_mlp_ratio": text.mlp_ratio, "context_length": text.context_length,
+            "vocab_size": text.vocab_size, "embed_dim": oc["embed_dim"],
+            "quick_gelu": bool(oc.get("quick_gelu", False))}
+
+
+def mismatches(cfg: RunConfig, arch: dict) -> list[str]:
+    """`field=value` for every model field where cfg differs from an open_clip architecture."""
+    mine = dataclasses.replace(cfg, text_mlp_ratio=cfg.text_mlp_ratio or cfg.mlp_ratio)
+    return [f"{k}={v}" for k, v in arch.items() if getattr(mine, k) != v]
+
+
+def config_of(cfg: RunConfig) -> dict:
+    """Our CLIP/SigLIP config as an open_clip model config (a JSON for add_model_config)."""
+    if cfg.vision_width % cfg.vision_heads:
+        raise ConfigError(f"vision_width={cfg.vision_width} is not a multiple of vision_heads="
+                          f"{cfg.vision_heads}: open_clip cannot express it")
+    out = {"embed_dim": cfg.embed_dim, "quick_gelu": cfg.quick_gelu,
+           "vision_cfg": {"image_size": cfg.image_size, "layers": cfg.vision_layers,
+                          "width": cfg.vision_width, "patch_size": cfg.patch_size,
+                          "head_width": cfg.vision_width // cfg.vision_heads,
+                          "mlp_ratio": cfg.mlp_ratio},
+           "text_cfg": {"context_length": cfg.context_length, "vocab_size": cfg.vocab_size,
+                        "width": cfg.text_width, "heads": cfg.text_heads,
+                        "layers": cfg.text_layers,
+                        "mlp_ratio": cfg.text_mlp_ratio or cfg.mlp_ratio}}
+    if cfg.loss == "siglip":
+        out["init_logit_bias"] = cfg.init_logit_bias  # makes open_clip create logit_bias
+    return out
+
+
+def builtin_name(oc: dict):
+    """The built-in open_clip model whose config equals `oc`, if any (e.g. ViT-B-16-quickgelu)."""
+    import open_clip
+
+    def key(c):
+        vision, text = _towers(c)
+        return (c["embed_dim"], bool(c.get("quick_gelu", False)), c.get("init_logit_bias"),
+                dataclasses.asdict(vision), dataclasses.asdict(text))
+    target = key(oc)
+    for name in open_clip.list_models():
+        c = open_clip.get_model_config(name)
+        if c.get("custom_text") or c.get("multimodal_cfg"):
+            continue
+        try:
+            if key(c) == target:
+                return name
+        except ConfigError:
+            continue
+    return None
+
+
+# ---------------------------------------------------------------- eval subjects
+PREFIX = "openclip:"
+
+
+def subject_spec(name: str, pretrained: str) -> str:
+    """An eval sweep entry {openclip: NAME, pretrained: PATH_OR_TAG} as one checkpoint string
+    (open_clip names never contain '@')."""
+    import open_clip
+    model_config(name)  # an unknown name or tag fails while the sweep is being planned
+    pretrained = pretrained or ""
+    if pretrained and not os.path.isfile(pretrained) and not name.startswith("hf-hub:"):
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if pretrained not in tags:
+            raise ConfigError(f"open_clip {name}: pretrained={pretrained} is neither a file nor "
+                              f"one of its tags ({', '.join(tags) or 'it has none'})")
+    return f"{PREFIX}{name}@{pretrained}"
+
+
+def is_subject(spec) -> bool:
+    return isinstance(spec, str) and spec.startswith(PREFIX)
+
+
+def subject_tag(spec: str) -> str:
+    name, pretrained = spec[len(PREFIX):].split("@", 1)
+    label = os.path.splitext(os.path.basename(pretrained))[0] if os.path.isfile(pretrained) \
+        else pretrained.replace("/", "_").replace(":", "_")
+    return f"openclip_{name.replace('/', '_').replace(':', '_')}_{label or 'random'}"
+
+
+class OpenClipSubject(nn.Module):
+    """An open_clip model behind our eval interface, with its own preprocessing and tokenizer
+    (`preprocess`, `tokenizer`: the runner uses them instead of ours)."""
+
+    def __init__(self, model, preprocess, tokenizer):
+        super().__init__()
+        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
+
+    @property
+    def logit_scale(self):
+        return self.model.logit_scale
+
+    def encode_image(self, images):
+        return self.model.encode_image(images, normalize=True)
+
+    def encode_text(self, tokens):
+        return self.model.encode_text(tokens, normalize=True)
+
+    def forward(self, images, tokens):
+        return self.encode_image(images), self.encode_text(tokens)
+
+    def mean_text(self, text_emb):
+        return F.normalize(text_emb.mean(0), dim=-1)
+
+    def logits(self, image_emb, text_emb, tau=None):
+        out = self.model.logit_scale.exp() * image_emb @ text_emb.T
+        return out if self.model.logit_bias is None else out + self.model.logit_bias
+
+
+def load_subject(spec: str, device="cpu"):
+    """openclip:NAME@PATH_OR_TAG -> (OpenClipSubject, a RunConfig describing it, step 0).
+    A local file is read by llip (weights_only, DDP/compile prefixes removed, strict); a tag or
+    hf-hub name is fetched by open_clip."""
+    import open_clip
+
+    from llip.models.pretrained import read_weights, state_dict_of
+    name, pretrained = spec[len(PREFIX):].split("@", 1)
+    model_config(name)
+    local = os.path.isfile(pretrained)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=None if local else (pretrained or None))
+    except RuntimeError as exn:
+        raise ConfigError(f"open_clip {name} pretrained={pretrained!r}: "
+                          f"{str(exn).splitlines()[0][:200]}") from None
+    if local:
+        sd = {k: v for k, v in state_dict_of(read_weights(pretrained), pretrained).items()
+              if k not in NOT_WEIGHTS}
+        own = model.state_dict()
+        for key in SCALARS:  # 0-D in some checkpoints, [1] in others
+            if key in sd and key in own:
+                sd[key] = sd[key].reshape(own[key].shape)
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        wrong = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
+        if missing or unexpected or wrong:
+            raise ConfigError(f"{pretrained} does not fit open_clip {name}: "
+                              f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} "
+                              f"unexpected (e.g. {unexpected[:2]}), {len(wrong)} of wrong shape "
+                              f"(e.g. {wrong[:2]})")
+        model.load_state_dict(sd)
+    image_size = model.visual.image_size
+    cfg = RunConfig(name=subject_tag(spec), loss="clip" if model.logit_bias is None else "siglip",
+                    image_size=image_size[0] if isinstance(image_size, tuple) else image_size,
+                    context_length=model.context_length or 77,
+                    description=f"open_clip {name} ({pretrained or 'random init'})")
+    subject = OpenClipSubject(model, preprocess, open_clip.get_tokenizer(name))
+    return subject.to(device).eval(), cfg, 0
