@@ -8,9 +8,10 @@ import torch
 import yaml
 
 from conftest import run_cli, write_catalog
-from llip.config import get_config, to_dict
+from llip.config import to_dict
 from llip.models import build_model
-from llip.training.checkpoint import load_model
+from llip.run_configs import get_config
+from llip.run_dir import load_model
 
 
 def _export(model, cfg, path):

@@ -8,14 +8,14 @@ import socket
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 import torch.multiprocessing as mp
-import yaml
 
-from llip.config import resolve, to_dict
+from llip import run_dir as rd
 from llip.models import build_model
 from llip.models.tuning import apply_tuning
+from llip.run_configs import resolve
 from llip.training import checkpoint
-from llip.training.checkpoint import load_model
 
 WORLD, STEPS, GLOBAL_BATCH, SAVE_AT = 2, 3, 8, 2
 
@@ -53,7 +53,7 @@ def _worker(rank, port, run_dir, queue):
 
     def step(model, optimizer, batch):
         train_step(model, optimizer, cfg, batch[0][local], batch[1][local], cfg.lr,
-                   contextlib.nullcontext(), llip_dist.gather_with_grad)
+                   contextlib.nullcontext(), world)
 
     torch.manual_seed(0)
     model = parallelize(build_for_training(cfg, run_dir, rank == 0), cfg, world)
@@ -64,14 +64,14 @@ def _worker(rank, port, run_dir, queue):
     for i, batch in enumerate(batches):
         step(model, optimizer, batch)
         if i + 1 == SAVE_AT:
-            checkpoint.save(run_dir, SAVE_AT, model, optimizer, {"step": SAVE_AT}, keep_last=1,
+            checkpoint.save(run_dir, cfg, SAVE_AT, model, optimizer, {"step": SAVE_AT},
                             is_main=rank == 0)
     end = _full(model)
 
     torch.manual_seed(123)  # a different fresh model: the checkpoint must restore everything
     resumed = parallelize(build_for_training(cfg, run_dir, False), cfg, world)
     resumed_optimizer = build_optimizer(resumed, cfg)
-    assert checkpoint.load(checkpoint.latest(run_dir), resumed, resumed_optimizer)["step"] == 2
+    assert checkpoint.load(rd.latest(run_dir), resumed, resumed_optimizer)["step"] == 2
     for batch in batches[SAVE_AT:]:
         step(resumed, resumed_optimizer, batch)
     again = _full(resumed)
@@ -90,8 +90,6 @@ def _worker(rank, port, run_dir, queue):
 
 def test_fsdp2_with_frozen_parts_and_lora_trains_and_resumes_exactly(tmp_path):
     run_dir = tmp_path / "tuned"
-    run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(_cfg())))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -113,11 +111,12 @@ def test_fsdp2_with_frozen_parts_and_lora_trains_and_resumes_exactly(tmp_path):
     assert results[0]["checksum"] == results[1]["checksum"]
 
     # Inference loading: the DCP checkpoint of 2 sharded ranks, LoRA folded into the weights.
-    model, cfg, step = load_model(str(run_dir))
+    model, cfg, step = rd.load_model(str(run_dir))
     assert step == SAVE_AT and not any("lora_" in n for n in model.state_dict())
     adapted = build_model(cfg)
     apply_tuning(adapted, cfg)
-    checkpoint.load(checkpoint.latest(str(run_dir)), adapted)
+    state = {"model": adapted.state_dict()}
+    dcp.load(state, checkpoint_id=rd.latest(str(run_dir)))
     images, tokens = next(_batches())
     with torch.no_grad():
         torch.testing.assert_close(model.logits(*model(images, tokens)),

@@ -5,9 +5,11 @@ import contextlib
 import pytest
 import torch
 
-from llip.config import ConfigError, resolve
+from llip.cli import ConfigError
 from llip.models import build_model
 from llip.models.tuning import LoraMultiheadAttention, apply_tuning, merge_lora
+from llip.run_configs import resolve
+from llip.training.dist import World
 from llip.training.optim import build_optimizer
 from llip.training.trainer import train_step
 
@@ -63,7 +65,7 @@ def test_frozen_parameters_get_no_gradient_and_no_optimizer_state():
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     optimizer = build_optimizer(model, cfg)
-    train_step(model, optimizer, cfg, *_batch(cfg), cfg.lr, contextlib.nullcontext(), None)
+    train_step(model, optimizer, cfg, *_batch(cfg), cfg.lr, contextlib.nullcontext(), World())
     params = dict(model.named_parameters())
     assert frozen and all(params[n].grad is None and params[n] not in optimizer.state
                           and torch.equal(params[n], v) for n, v in frozen.items())
