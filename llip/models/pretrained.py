@@ -298,9 +298,9 @@ def init_from_weights(model, cfg: RunConfig) -> str:
     if is_export(blob):
         source = from_dict(blob["config"])
         tensors, leftovers, kind = dict(blob["state_dict"]), [], f"llip {source.loss} export"
-        if source.loss != cfg.loss and not (source.loss != "llip" and cfg.loss == "llip"):
-            raise ConfigError(f"init_from={path} is a {source.loss} model; config {cfg.name} "
-                              f"is {cfg.loss}")
+        if source.loss == "llip" and cfg.loss != "llip":
+            raise ConfigError(f"init_from={path} is a Llip model: it starts llip configs, not "
+                              f"{cfg.loss}")
     elif blob is not None and kind_of(state_dict_of(blob, path)) == "released_llip":
         tensors, leftovers = released_to_ours(state_dict_of(blob, path))
         kind = "released Llip"

@@ -340,3 +340,15 @@ def test_open_clip_model_as_eval_subject(tiny_open_clip, tmp_path):
                                         "its tags (openai, laion400m_e31")]:
         with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
             subject_spec(name, pretrained)
+
+
+def test_shipped_released_sweep_names_existing_open_clip_models_and_tags():
+    import os
+
+    from evals.main_mc import load_sweep
+    sweep = load_sweep(os.path.join(os.path.dirname(__file__), "..", "..", "config_evals",
+                                    "released_and_baselines.yaml"))
+    subjects = [subject_spec(c["openclip"], c["pretrained"]) for c in sweep.checkpoints
+                if isinstance(c, dict)]
+    assert subjects == ["openclip:ViT-B-16-quickgelu@openai", "openclip:ViT-B-16@laion2b_s34b_b88k",
+                        "openclip:ViT-bigG-14@laion2b_s39b_b160k"]
