@@ -284,6 +284,12 @@ def check_init_from(cfg: RunConfig) -> None:
         return
     if cfg.init_from_model:
         oc.model_config(cfg.init_from_model)
+        if not os.path.isfile(cfg.init_from):
+            import open_clip
+            tags = open_clip.list_pretrained_tags_by_model(cfg.init_from_model)
+            if cfg.init_from not in tags:
+                raise ConfigError(f"init_from={cfg.init_from} is neither a file nor a pretrained "
+                                  f"tag of {cfg.init_from_model} ({', '.join(tags) or 'none'})")
     elif not os.path.isfile(cfg.init_from):
         raise ConfigError(f"init_from={cfg.init_from} does not exist: give a weights file (an "
                           "llip export, a released Llip .pt, an open_clip checkpoint with "

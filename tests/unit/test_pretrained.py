@@ -1,6 +1,7 @@
 """Weights in and out, on files made here: released-Llip checkpoints converted into our model,
 open_clip models as a starting point and as eval subjects, exports that open_clip loads."""
 import dataclasses
+import functools
 import json
 
 import open_clip
@@ -62,12 +63,16 @@ def write_released(model, path, prefix="_orig_mod.module.", state=None):
     return str(path)
 
 
-def _inputs(cfg, n=3):
+@functools.lru_cache
+def _tokens(context_length):  # building the BPE tokenizer takes a while: once per length
+    return open_clip.get_tokenizer("ViT-B-16", context_length=context_length)(
+        ["a photo of a cat", "two dogs on a beach", "a red car"])
+
+
+def _inputs(cfg):
     g = torch.Generator().manual_seed(5)
-    images = torch.randn(n, 3, cfg.image_size, cfg.image_size, generator=g)
-    tokens = open_clip.get_tokenizer("ViT-B-16", context_length=cfg.context_length)(
-        ["a photo of a cat", "two dogs on a beach", "a red car"][:n])
-    return images, tokens
+    return torch.randn(3, 3, cfg.image_size, cfg.image_size, generator=g), \
+        _tokens(cfg.context_length)
 
 
 @torch.no_grad()
@@ -263,6 +268,8 @@ def test_init_from_bad_input_is_one_line(tiny_open_clip, tmp_path):
         (["clip_tiny", f"init_from={llip}"], "is a released Llip checkpoint: it starts llip "
                                              "configs, not clip"),
         (["clip_tiny", f"init_from={tmp_path / 'nope.pt'}"], "does not exist"),
+        (["clip_tiny", f"init_from={tmp_path / 'nope.pt'}", "init_from_model=ViT-B-32"],
+         "nope.pt is neither a file nor a pretrained tag of ViT-B-32 (openai, laion400m_e31"),
         (["llip_tiny", f"init_from={path}", "init_from_model=tiny-test-clip",
           "vision_width=32"], "does not match config llip_tiny: set vision_width=64"),
     ]
