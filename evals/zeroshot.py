@@ -139,7 +139,7 @@ class Retrieval:
         hits = self.best_images == self.owner[:, None]
         for i, k in enumerate(self.ks):
             out[f"text_retrieval_recall@{k}"] = self.sums[i].item() / n_images
-            out[f"image_retrieval_recall@{k}"] = hits[:, :k].any(1).float().mean().item()
+            out[f"image_retrieval_recall@{k}"] = hits[:, :k].any(1).double().mean().item()
         return out
 
 
