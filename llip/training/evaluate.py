@@ -79,7 +79,8 @@ class Evaluator:
     def __init__(self, cfg, world):
         self.cfg, self.world = cfg, world
         self.entries = eval_entries(cfg)
-        self.transform, self.tokenizer = transform_for(cfg, train=False), tokenizer_for(cfg)
+        if self.entries:
+            self.transform, self.tokenizer = transform_for(cfg, train=False), tokenizer_for(cfg)
         self.batch_size = max(1, cfg.batch_size // world.size)  # fits: training's per rank
 
     def due(self, step: int) -> bool:

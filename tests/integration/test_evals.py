@@ -6,6 +6,7 @@ import glob
 import json
 import os
 
+import pytest
 import torch
 import yaml
 
@@ -370,3 +371,24 @@ def test_wds_readers_with_workers_and_ranks_keep_each_sample_identity(tmp_path):
                 assert (images // 5).tolist() == index.tolist(), (workers, world)
                 seen_index += index.tolist()
         assert sorted(seen_labels) == sorted(seen_index) == list(range(n)), (workers, world)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_scoring_runs_in_bf16_and_scores_like_fp32_on_cpu(digits):
+    from evals.zeroshot import inference_precision
+    cfg = resolve("llip_demo")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tokenizer = tokenizer_for(cfg)
+    images, _ = next(iter(_digits_batches(digits, cfg)))
+    with torch.no_grad():
+        cpu = model.logits(model.encode_image(images),
+                           class_embeddings(model, tokenizer, CLASSNAMES, EVAL_TEMPLATES))
+        model.cuda()
+        class_emb = class_embeddings(model, tokenizer, CLASSNAMES, EVAL_TEMPLATES, "cuda")
+        with inference_precision("cuda"):
+            image_emb = model.encode_image(images.cuda())
+            gpu = model.logits(image_emb, class_emb).float().cpu()
+    assert image_emb.dtype == torch.bfloat16
+    cosine_error = (gpu - cpu).abs().max().item() / model.head.logit_scale.exp().item()
+    assert cosine_error < 0.05, cosine_error
