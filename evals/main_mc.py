@@ -153,7 +153,7 @@ def one_line(exn: BaseException) -> str:
     if not lines:
         return type(exn).__name__
     if len(lines) > 1 and "Original Traceback" in text:
-        return lines[-1].removeprefix("llip.cli.")
+        return lines[-1].removeprefix("llip.cli.ConfigError: ")
     return lines[0]
 
 
@@ -212,7 +212,7 @@ def _slurm_reason(job, folder) -> str:
             exn = None
         lines = [line.strip() for line in str(exn or "").splitlines() if line.strip()]
         if lines:
-            return lines[-1].removeprefix("llip.cli.")
+            return lines[-1].removeprefix("llip.cli.ConfigError: ")
     return f"no complete result (see {folder})"
 
 

@@ -392,3 +392,18 @@ def test_gpu_scoring_runs_in_bf16_and_scores_like_fp32_on_cpu(digits):
     assert image_emb.dtype == torch.bfloat16
     cosine_error = (gpu - cpu).abs().max().item() / model.head.logit_scale.exp().item()
     assert cosine_error < 0.05, cosine_error
+
+
+def test_a_reader_error_in_a_worker_is_one_line(tmp_path):
+    import webdataset as wds
+
+    from evals.main_mc import one_line
+    with wds.TarWriter(str(tmp_path / "t-000000.tar")) as sink:
+        sink.write({"__key__": "no_image", "txt": "a caption", "cls": "0"})
+    entry = {"name": "bad", "format": "wds", "path": str(tmp_path / "t-000000.tar"),
+             "classnames": ["a"]}
+    batches, _ = classification_batches(entry, _gray_level, 2, 1)
+    with pytest.raises(Exception) as info:
+        list(batches)
+    assert one_line(info.value) == f"dataset 'bad': sample no_image of {entry['path']} has no " \
+                                   "image member (jpg;jpeg;png;webp)"
