@@ -1,7 +1,8 @@
 """Results -> pandas tables and a plot. python -m evals.aggregate <output_dir>
 
-long:  one row per (model, step, dataset, eval tau, metric)
+long:  one row per (model, step, dataset, eval tau, metric), with the checkpoint path and id
 wide:  rows = checkpoints (model, step[, tau]), columns = datasets (main metric) + average
+The model column is the run name, extended by a path tail where two checkpoints share it.
 Written as CSV and Markdown next to the results, plus a PNG of each main metric vs step.
 """
 import argparse
@@ -11,27 +12,25 @@ import sys
 
 import pandas as pd
 
+from evals.results import long_rows, read_result
 from llip.cli import ConfigError, cli
-from llip.io import atomic_write, read_json
+from llip.io import atomic_write
 
 
 def read_results(output_dir: str) -> list[dict]:
     files = sorted(glob.glob(os.path.join(output_dir, "results", "*.json")))
-    if not files:
+    found = [r for r in map(read_result, files) if r is not None]
+    if len(found) < len(files):
+        print(f"skipped {len(files) - len(found)} incomplete result file(s) in "
+              f"{output_dir}/results (re-run the sweep to redo them)")
+    if not found:
         raise ConfigError(f"no results in {output_dir}/results: run evals.main_mc first")
-    return [read_json(f) for f in files]
+    return found
 
 
 def tables(results: list[dict]):
-    rows = []
-    for r in results:
-        tau = "" if r.get("eval_tau") is None else f"{r['eval_tau']:g}"
-        for metric, value in r["metrics"].items():
-            if metric not in ("n", "n_captions"):
-                rows.append({"model": r["model"], "step": r["step"], "eval_tau": tau,
-                             "dataset": r["dataset"], "task": r["task"], "metric": metric,
-                             "value": value, "main": metric == r["metric"], "n": r["n"]})
-    long = pd.DataFrame(rows).sort_values(["model", "step", "eval_tau", "dataset", "metric"])
+    long = pd.DataFrame(long_rows(results)).sort_values(["model", "step", "eval_tau",
+                                                         "dataset", "metric"])
     main = long[long["main"]]
     wide = main.pivot_table(index=["model", "step", "eval_tau"], columns="dataset",
                             values="value", aggfunc="first")

@@ -2,13 +2,19 @@
 
 Classification yields (images, labels); retrieval gives the caption list (cheap: text only)
 plus batches of (images, image indices) and, for each caption, the index of its image.
+
+Images are decoded in DataLoader workers. `rank` / `world` give each process its own share of
+the images (evals inside distributed training): every reader splits the samples between all
+(rank, worker) slots without overlap, and each sample keeps its identity (label, or retrieval
+index), so the scores never depend on how many workers or ranks read the data.
 """
 import csv
+import io
 import os
 
 import torch
-import webdataset as wds
 from PIL import Image
+from webdataset import tarfile_to_samples
 
 from llip.cli import ConfigError
 from llip.data import IMAGE_KEYS, caption_list
@@ -29,9 +35,10 @@ class _Files(torch.utils.data.Dataset):
             return self.transform(image.convert("RGB")), target
 
 
-def _loader(items, transform, batch_size, workers):
-    return torch.utils.data.DataLoader(_Files(items, transform), batch_size=batch_size,
-                                       num_workers=workers, shuffle=False)
+def _loader(items, transform, batch_size, workers, rank=0, world=1):
+    return torch.utils.data.DataLoader(_Files(items[rank::world], transform),
+                                       batch_size=batch_size, num_workers=workers,
+                                       shuffle=False)
 
 
 def _require(path: str, entry) -> None:
@@ -40,17 +47,82 @@ def _require(path: str, entry) -> None:
                           "the catalog (or set the variable it uses)")
 
 
+def _require_images(items, entry) -> None:
+    """Every listed image exists (one stat each): a missing file fails before any encoding."""
+    missing = [path for path, _ in items if not os.path.exists(path)]
+    if missing:
+        raise ConfigError(f"dataset '{entry['name']}': {len(missing)} of {len(items)} images "
+                          f"are missing, e.g. {missing[0]}: fix image_root or the list")
+
+
 def _resolve_image(entry, rel: str) -> str:
     return os.path.join(entry.get("image_root", ""), rel)
 
 
-def _wds(entry, first_shard_check=True):
+def _shard_urls(entry) -> list[str]:
     urls = [u for s in expand_sources(entry["path"]) for u in s]
-    if first_shard_check:
-        for url in urls:
-            if local_path(url):
-                _require(local_path(url), entry)
-    return wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+    for url in urls:
+        if local_path(url):
+            _require(local_path(url), entry)
+    return urls
+
+
+def require_data(entry) -> None:
+    """The dataset's files are where the catalog says (checked before a run starts)."""
+    if entry["format"] == "wds":
+        _shard_urls(entry)
+    else:
+        _require(entry["path"], entry)
+
+
+def _shard_samples(url: str):
+    return tarfile_to_samples()([{"url": url}])
+
+
+def _first(sample, keys: str, what: str, entry):
+    for key in keys.split(";"):
+        if key in sample:
+            return sample[key]
+    raise ConfigError(f"dataset '{entry['name']}': sample {sample.get('__key__')} of "
+                      f"{sample.get('__url__')} has no {what} member ({keys})")
+
+
+class _Shards(torch.utils.data.IterableDataset):
+    """(image, target, shard number, position in the shard) for the samples of this (rank,
+    worker) slot. With at least as many shards as slots, each slot reads whole shards; with
+    fewer (a small eval set in one shard), each slot reads every shard and decodes every
+    n_slots-th sample. Either way each sample is read by exactly one slot."""
+
+    def __init__(self, urls, entry, transform, target_key, rank=0, world=1):
+        super().__init__()
+        self.urls, self.entry, self.transform = urls, entry, transform
+        self.target_key, self.rank, self.world = target_key, rank, world
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        slots, slot = self.world * n_workers, self.rank * n_workers + worker
+        whole_shards, counter = len(self.urls) >= slots, 0
+        for shard, url in enumerate(self.urls):
+            if whole_shards and shard % slots != slot:
+                continue
+            for pos, sample in enumerate(_shard_samples(url)):
+                if not whole_shards:
+                    counter += 1
+                    if (counter - 1) % slots != slot:
+                        continue
+                data = _first(sample, IMAGE_KEYS, "image", self.entry)
+                with Image.open(io.BytesIO(data)) as image:
+                    pixels = self.transform(image.convert("RGB"))
+                target = int(_first(sample, self.target_key, "label", self.entry)) \
+                    if self.target_key else 0
+                yield pixels, target, shard, pos
+
+
+def _shard_loader(urls, entry, transform, target_key, batch_size, workers, rank, world):
+    return torch.utils.data.DataLoader(
+        _Shards(urls, entry, transform, target_key, rank, world), batch_size=batch_size,
+        num_workers=workers)
 
 
 # ------------------------------------------------------------ classification
@@ -83,43 +155,44 @@ def classification_items(entry):
     raise ConfigError(f"dataset '{entry['name']}': format {fmt} has no file list")
 
 
-def classification_batches(entry, transform, batch_size: int, workers: int):
-    """-> (iterable of (images, labels), classnames)."""
+def classification_batches(entry, transform, batch_size: int, workers: int, rank: int = 0,
+                           world: int = 1):
+    """-> (iterable of (images, labels), classnames): this rank's share of the images."""
     if entry["format"] == "wds":
-        label_key = entry.get("label_key", "cls")
-        pipeline = (_wds(entry).decode("pilrgb").to_tuple(IMAGE_KEYS, label_key)
-                    .map_tuple(transform, lambda x: int(x)).batched(batch_size))
-        loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=0)
-        return ((x, torch.as_tensor(y)) for x, y in loader), entry["classnames"]
+        loader = _shard_loader(_shard_urls(entry), entry, transform,
+                               entry.get("label_key", "cls"), batch_size, workers, rank, world)
+        return ((images, labels) for images, labels, _, _ in loader), entry["classnames"]
     items, names = classification_items(entry)
     bad = [label for _, label in items if not 0 <= label < len(names)]
     if bad:
         raise ConfigError(f"dataset '{entry['name']}': label {bad[0]} is outside the "
                           f"{len(names)} classnames: fix classnames or the labels")
-    return _loader(items, transform, batch_size, workers), names
+    _require_images(items, entry)
+    return _loader(items, transform, batch_size, workers, rank, world), names
 
 
 # ------------------------------------------------------------ retrieval
-def retrieval_data(entry, transform, batch_size: int, workers: int):
-    """-> (captions, caption_image_index, batches of (images, image indices))."""
+def retrieval_data(entry, transform, batch_size: int, workers: int, rank: int = 0,
+                   world: int = 1):
+    """-> (captions, caption_image_index, batches of (images, image indices)); the captions are
+    all of them, the batches this rank's share of the images. An image's index is its position
+    in the whole set (shard order, then order in the shard), whoever reads it."""
     fmt = entry["format"]
     if fmt == "wds":
+        urls = _shard_urls(entry)
         caption_key = entry.get("caption_key", "txt;json")
-        captions, owner = [], []
-        for i, (text,) in enumerate(_wds(entry).to_tuple(caption_key)):
-            for c in caption_list(text):
-                captions.append(c)
-                owner.append(i)
-        pipeline = (_wds(entry, False).decode("pilrgb").to_tuple(IMAGE_KEYS, "__key__")
-                    .map_tuple(transform, str).batched(batch_size))
-        loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=0)
-
-        def batches():
-            start = 0
-            for images, _ in loader:
-                yield images, torch.arange(start, start + len(images))
-                start += len(images)
-        return captions, owner, batches()
+        captions, owner, offsets, n_images = [], [], [], 0
+        for url in urls:  # text only, in this process: cheap
+            offsets.append(n_images)
+            for sample in _shard_samples(url):
+                for c in caption_list(_first(sample, caption_key, "caption", entry)):
+                    captions.append(c)
+                    owner.append(n_images)
+                n_images += 1
+        offsets = torch.tensor(offsets)
+        loader = _shard_loader(urls, entry, transform, "", batch_size, workers, rank, world)
+        return captions, owner, ((images, offsets[shard] + pos)
+                                 for images, _, shard, pos in loader)
     path = entry["path"]
     _require(path, entry)
     image_key = entry.get("image_key", "image" if fmt == "json" else "filepath")
@@ -137,4 +210,5 @@ def retrieval_data(entry, transform, batch_size: int, workers: int):
     captions = [c for _, caps in rows for c in caps]
     owner = [i for i, (_, caps) in enumerate(rows) for _ in caps]
     items = [(_resolve_image(entry, image), i) for i, (image, _) in enumerate(rows)]
-    return captions, owner, iter(_loader(items, transform, batch_size, workers))
+    _require_images(items, entry)
+    return captions, owner, iter(_loader(items, transform, batch_size, workers, rank, world))

@@ -2,30 +2,33 @@
 
     python -m evals.main_mc --fname config_evals/<x>.yaml
 
-One task per (checkpoint, dataset[, eval tau]), run locally or as a SLURM job array; each writes
-one JSON result; existing results are skipped, so a sweep can simply be re-run after failures.
-Results are aggregated into tables (CSV, Markdown) and a plot of each metric against step.
+One task per (checkpoint, dataset), run locally or as a SLURM job array; each encodes the images
+once, scores every eval tau from those embeddings and writes one JSON result. Existing complete
+results are skipped, so a sweep can simply be re-run after failures. A task that fails (missing
+image, foreign checkpoint, bad template, ...) is one line; the others go on, the failures are
+listed at the end and the exit code is 1. Bad sweep input stops everything before any work
+(exit 2). Results are aggregated into tables (CSV, Markdown) and a plot of each metric vs step.
 """
 import argparse
 import dataclasses
-import glob
+import numbers
 import os
 import sys
 import time
 
 import yaml
 
+from evals import checkpoints, results
 from evals.aggregate import aggregate
 from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
-from evals.runner import result_path, run_task
-from llip import run_dir as rd
+from evals.runner import describe, run_task
 from llip.cli import ConfigError, cli, closest
-from llip.models import open_clip_format
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
-    checkpoints: list  # paths, run dirs, globs, or {"path": run_dir, "all": true}
+    checkpoints: list  # paths, run dirs, globs, {"path": run_dir, "all": true}, or
+    #                    {"openclip": NAME, "pretrained": PATH_OR_TAG}
     output_dir: str
     datasets: object = "all"  # "all" or a list of names
     catalogs: list = dataclasses.field(default_factory=lambda: [DEFAULT_CATALOG])
@@ -50,6 +53,52 @@ def _expand_values(value):
     return value
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_types(raw: dict, path: str) -> dict:
+    """Every field's type and range; returns the fields normalised (eval_tau always a list)."""
+    def fail(key, what):
+        raise ConfigError(f"{path}: '{key}' must be {what}, got {raw[key]!r}")
+
+    if not isinstance(raw["checkpoints"], list) or not raw["checkpoints"]:
+        fail("checkpoints", "a non-empty list")
+    raw["checkpoints"] = [checkpoints.validate_entry(e, path) for e in raw["checkpoints"]]
+    if not isinstance(raw["output_dir"], str) or not raw["output_dir"]:
+        fail("output_dir", "a path")
+    if "datasets" in raw and raw["datasets"] != "all" and not (
+            isinstance(raw["datasets"], list) and raw["datasets"]
+            and all(isinstance(d, str) for d in raw["datasets"])):
+        fail("datasets", "'all' or a non-empty list of dataset names")
+    if "catalogs" in raw and not (isinstance(raw["catalogs"], list) and raw["catalogs"]
+                                  and all(isinstance(c, str) for c in raw["catalogs"])):
+        fail("catalogs", "a non-empty list of catalog paths")
+    if "batch_size" in raw and not (_is_int(raw["batch_size"]) and raw["batch_size"] > 0):
+        fail("batch_size", "an integer > 0")
+    if "workers" in raw and not (_is_int(raw["workers"]) and raw["workers"] >= 0):
+        fail("workers", "an integer >= 0")
+    if "eval_tau" in raw:
+        taus = raw["eval_tau"] if isinstance(raw["eval_tau"], list) else [raw["eval_tau"]]
+        if not taus or not all(_is_number(t) and t > 0 for t in taus):
+            fail("eval_tau", "a number > 0 or a non-empty list of them (Llip's eval-time "
+                             "softmax temperature)")
+        raw["eval_tau"] = list(dict.fromkeys(float(t) for t in taus))
+    if raw.get("launcher", "local") not in ("local", "slurm"):
+        fail("launcher", "local or slurm")
+    if not isinstance(raw.get("slurm", {}), dict):
+        fail("slurm", "a mapping of SLURM settings")
+    unknown = set(raw.get("slurm") or {}) - SLURM_KEYS
+    if unknown:
+        raise ConfigError(f"{path}: unknown slurm key(s) {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(SLURM_KEYS))}")
+    return raw
+
+
 def load_sweep(path: str) -> SweepConfig:
     if not os.path.exists(path):
         raise ConfigError(f"eval config {path} does not exist")
@@ -59,6 +108,9 @@ def load_sweep(path: str) -> SweepConfig:
     except yaml.YAMLError as exn:
         raise ConfigError(f"eval config {path} is not valid YAML: {str(exn).splitlines()[0]}") \
             from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"eval config {path} must be a mapping of keys (checkpoints, "
+                          "output_dir, ...)")
     fields = {f.name: f for f in dataclasses.fields(SweepConfig)}
     for key in raw:
         if key not in fields:
@@ -66,94 +118,68 @@ def load_sweep(path: str) -> SweepConfig:
     for key in ("checkpoints", "output_dir"):
         if key not in raw:
             raise ConfigError(f"{path}: missing key '{key}'")
-    raw = _expand_values(raw)
-    if not isinstance(raw["checkpoints"], list) or not raw["checkpoints"]:
-        raise ConfigError(f"{path}: 'checkpoints' must be a non-empty list")
-    for key, kind in (("batch_size", int), ("workers", int)):
-        if key in raw and not isinstance(raw[key], kind):
-            raise ConfigError(f"{path}: '{key}' must be an integer, got {raw[key]!r}")
-    if raw.get("launcher", "local") not in ("local", "slurm"):
-        raise ConfigError(f"{path}: launcher must be local or slurm, got {raw['launcher']!r}")
-    unknown = set(raw.get("slurm") or {}) - SLURM_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown slurm key(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(SLURM_KEYS))}")
-    if not isinstance(raw.get("eval_tau", []), list):
-        raw["eval_tau"] = [raw["eval_tau"]]
-    return SweepConfig(**raw)
+    return SweepConfig(**_check_types(_expand_values(raw), path))
 
 
-def expand_checkpoints(specs) -> list[str]:
-    """Each spec -> checkpoint paths: a .pt file, a checkpoint dir, a run dir (its latest, or
-    every complete checkpoint with {path: run_dir, all: true}), or a glob of those; or an
-    open_clip model {openclip: NAME, pretrained: PATH_OR_TAG}."""
-    found = []
-    for spec in specs:
-        if isinstance(spec, dict) and "openclip" in spec:  # an open_clip baseline
-            found.append(open_clip_format.subject_spec(spec["openclip"], spec.get("pretrained")))
-            continue
-        if isinstance(spec, dict) and "path" not in spec:
-            raise ConfigError(f"checkpoint entry {spec} needs 'path' (or 'openclip' and "
-                              "'pretrained' for an open_clip model)")
-        every = isinstance(spec, dict) and spec.get("all", False)
-        pattern = spec["path"] if isinstance(spec, dict) else spec
-        matches = sorted(glob.glob(pattern)) or ([pattern] if os.path.exists(pattern) else [])
-        if not matches:
-            raise ConfigError(f"checkpoint {pattern} matches nothing: fix the path or glob")
-        for path in matches:
-            if os.path.isfile(path):
-                found.append(path)
-            elif every:
-                all_ckpts = rd.complete_checkpoints(path)
-                if not all_ckpts:
-                    raise ConfigError(f"no complete checkpoint in run dir {path}")
-                found.extend(all_ckpts)
-            else:
-                found.append(rd.resolve_checkpoint(path))
-    return list(dict.fromkeys(found))
-
-
-def checkpoint_tag(path: str) -> str:
-    if open_clip_format.is_subject(path):
-        return open_clip_format.subject_tag(path)
-    if os.path.isfile(path):
-        return os.path.splitext(os.path.basename(path))[0]
-    return f"{rd.read_config(path).name}__step{rd.step_of(path):08d}"
-
-
-def build_tasks(sweep: SweepConfig) -> list[dict]:
+def build_tasks(sweep: SweepConfig):
+    """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
+    checkpoint that cannot be read (its tasks cannot run; the others still do)."""
     catalog = load_catalogs(sweep.catalogs)
     names = list(catalog) if sweep.datasets == "all" else list(sweep.datasets)
     for name in names:
         if name not in catalog:
             raise ConfigError(f"unknown dataset '{name}'; closest: {closest(name, catalog)}")
-    return [{"checkpoint": ckpt, "dataset": catalog[name], "eval_tau": tau,
-             "batch_size": sweep.batch_size, "workers": sweep.workers,
-             "output": result_path(sweep.output_dir, checkpoint_tag(ckpt), name, tau)}
-            for ckpt in expand_checkpoints(sweep.checkpoints) for name in names
-            for tau in sweep.eval_tau]
+    tasks, failures = [], []
+    for ckpt in checkpoints.expand(sweep.checkpoints):
+        if isinstance(ckpt, checkpoints.Unreadable):
+            failures.append((ckpt.path, ckpt.reason))
+            continue
+        taus = sweep.eval_tau if ckpt.loss == "llip" else [None]
+        tasks.extend({"checkpoint": ckpt, "dataset": catalog[name], "taus": taus,
+                      "batch_size": sweep.batch_size, "workers": sweep.workers,
+                      "output": results.result_path(sweep.output_dir, ckpt.label, name, ckpt.id)}
+                     for name in names)
+    return tasks, failures
 
 
-def _describe(task) -> str:
-    tau = f" tau={task['eval_tau']:g}" if task["eval_tau"] is not None else ""
-    return f"{os.path.basename(task['output'])[:-5]}{tau}"
+def is_done(task) -> bool:
+    return not results.missing_taus(results.read_result(task["output"]), task["taus"])
 
 
-def run_local(tasks) -> int:
-    failures = 0
+def one_line(exn: BaseException) -> str:
+    """An exception as one line. DataLoader workers re-raise with the worker's whole traceback
+    in the message: its last line is the error."""
+    text = str(exn) if isinstance(exn, ConfigError) else f"{type(exn).__name__}: {exn}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return type(exn).__name__
+    if len(lines) > 1 and "Original Traceback" in text:
+        return lines[-1].removeprefix("llip.cli.ConfigError: ")
+    return lines[0]
+
+
+def _scores(result) -> str:
+    metric = result["metric"]
+    return ", ".join((f"tau={e['eval_tau']:g} " if e["eval_tau"] is not None else "")
+                     + f"{metric} {e['value']:.4f}" for e in result["by_tau"])
+
+
+def run_local(tasks) -> list:
+    """-> failures [(task, reason)]; every exception of a task is its own failure."""
+    failures = []
     for i, task in enumerate(tasks, 1):
         start = time.time()
         try:
             r = run_task(task)
-            print(f"[{i}/{len(tasks)}] {_describe(task)}: {r['metric']} {r['value']:.4f} "
+            print(f"[{i}/{len(tasks)}] {describe(task)}: {_scores(r)} "
                   f"(n={r['n']}, {time.time() - start:.1f}s)", flush=True)
-        except ConfigError as exn:
-            failures += 1
-            print(f"[{i}/{len(tasks)}] {_describe(task)}: FAILED: {exn}", flush=True)
+        except Exception as exn:  # noqa: BLE001 - a failing task never stops the sweep
+            failures.append((describe(task), one_line(exn)))
+            print(f"[{i}/{len(tasks)}] FAILED {failures[-1][0]}: {failures[-1][1]}", flush=True)
     return failures
 
 
-def run_slurm(tasks, sweep: SweepConfig) -> int:
+def run_slurm(tasks, sweep: SweepConfig) -> list:
     import submitit
     s = sweep.slurm
     executor = submitit.AutoExecutor(folder=os.path.join(sweep.output_dir, "submitit"))
@@ -175,11 +201,20 @@ def run_slurm(tasks, sweep: SweepConfig) -> int:
             print("stopped waiting; re-run this command later to aggregate what finished")
             break
         time.sleep(2)
-    failures = sum(1 for t in tasks if not os.path.exists(t["output"]))
-    for task in tasks:
-        if not os.path.exists(task["output"]):
-            print(f"FAILED: {_describe(task)} (see {executor.folder})")
-    return failures
+    return [(describe(t), _slurm_reason(job, executor.folder))
+            for t, job in zip(tasks, jobs) if not is_done(t)]
+
+
+def _slurm_reason(job, folder) -> str:
+    if job.done():
+        try:
+            exn = job.exception()  # the task's traceback, as text: its last line is the error
+        except Exception:  # noqa: BLE001 - an unreadable job state is reported as such
+            exn = None
+        lines = [line.strip() for line in str(exn or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1].removeprefix("llip.cli.ConfigError: ")
+    return f"no complete result (see {folder})"
 
 
 @cli
@@ -187,16 +222,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fname", required=True, help="YAML eval config")
     sweep = load_sweep(parser.parse_args(argv).fname)
-    tasks = build_tasks(sweep)
-    todo = [t for t in tasks if not os.path.exists(t["output"])]
+    tasks, failures = build_tasks(sweep)
+    for what, reason in failures:
+        print(f"FAILED {what}: {reason}", flush=True)
+    todo = [t for t in tasks if not is_done(t)]
     print(f"{len(tasks)} eval tasks, {len(tasks) - len(todo)} already done, "
           f"{len(todo)} to run ({sweep.launcher})", flush=True)
     os.makedirs(sweep.output_dir, exist_ok=True)
-    failures = run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
+    failures += run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
         run_local(todo)
     print()
-    aggregate(sweep.output_dir)
-    return 1 if failures else 0
+    if any(results.read_result(t["output"]) for t in tasks):
+        aggregate(sweep.output_dir)
+    if failures:
+        print(f"\n{len(failures)} failed:")
+        for what, reason in failures:
+            print(f"FAILED {what}: {reason}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,74 +1,173 @@
 """Zero-shot classification and retrieval through the model's all-pairs scoring.
 
-For Llip the image embedding depends on the text: `model.logits(image_emb, text_emb)`
+For Llip the image embedding depends on the text: `model.logits(image_emb, text_emb, tau)`
 contextualises every image by every class prompt or caption, in blocks of texts. Memory is
 bounded whatever the dataset size: images come in batches, and retrieval keeps only a running
 top-k per caption instead of the full image x caption matrix.
+
+Scores are kept by accumulators (`Classification`, `Retrieval`) fed one batch of logits at a
+time, so that one pass over the images scores every eval temperature from the same image
+embeddings (`score_images`), and the accumulators of processes that each scored a share of the
+images merge exactly (their `sums` add up; retrieval also merges its running top-k).
 """
+import contextlib
+import string
+
 import torch
+
+from llip.cli import ConfigError
+
+
+def inference_precision(device):
+    """bf16 autocast on CUDA (as CLIP_benchmark's amp); fp32 everywhere else."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fill_template(template: str, classname: str) -> str:
+    """template.format(c=classname), refusing any other placeholder by name."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exn:
+        raise ConfigError(f"template {template!r} is not a valid format string ({exn})") \
+            from None
+    unknown = sorted(fields - {"c"})
+    if unknown:
+        raise ConfigError(f"template {template!r} has the placeholder {{{unknown[0]}}}: only "
+                          "{c} (the class name) is filled in; fix the template")
+    return template.format(c=classname)
 
 
 @torch.no_grad()
 def encode_texts(model, tokenizer, texts, batch_size: int = 256, device="cpu") -> torch.Tensor:
-    return torch.cat([model.encode_text(tokenizer(texts[i: i + batch_size]).to(device))
-                      for i in range(0, len(texts), batch_size)])
+    with inference_precision(device):
+        return torch.cat([model.encode_text(tokenizer(texts[i: i + batch_size]).to(device))
+                          .float() for i in range(0, len(texts), batch_size)])
 
 
 @torch.no_grad()
-def class_embeddings(model, tokenizer, classnames, templates, device="cpu") -> torch.Tensor:
-    """One text embedding per class: the model's average over the prompt templates."""
-    return torch.stack([model.mean_text(model.encode_text(
-        tokenizer([t.format(c=name) for t in templates]).to(device))) for name in classnames])
+def class_embeddings(model, tokenizer, classnames, templates, device="cpu",
+                     batch_size: int = 256) -> torch.Tensor:
+    """One text embedding per class: the model's average over the prompt templates. Prompts of
+    all classes are encoded together in batches of `batch_size`."""
+    prompts = [fill_template(t, name) for name in classnames for t in templates]
+    emb = encode_texts(model, tokenizer, prompts, batch_size, device)
+    per_class = emb.view(len(classnames), len(templates), *emb.shape[1:])
+    return torch.stack([model.mean_text(prompt_emb) for prompt_emb in per_class])
+
+
+class Classification:
+    """Top-1, top-5 and mean per-class recall from batches of (logits, labels)."""
+
+    def __init__(self, n_classes: int, device="cpu"):
+        self.n_classes = n_classes
+        # correct@1, correct@5, images, then per class: hits@1 and images
+        self.sums = torch.zeros(3 + 2 * n_classes, dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        n = self.n_classes
+        labels = labels.to(logits.device)
+        if labels.numel() and not (0 <= labels.min().item() and labels.max().item() < n):
+            bad = labels[(labels < 0) | (labels >= n)][0].item()
+            raise ConfigError(f"label {bad} is outside the {n} class names: fix the class "
+                              "names or the labels")
+        top = logits.topk(min(5, n), dim=1).indices
+        hit1 = top[:, 0] == labels
+        sums = self.sums.to(logits.device)
+        sums[0] += hit1.sum()
+        sums[1] += (top == labels[:, None]).any(1).sum()
+        sums[2] += len(labels)
+        sums[3: 3 + n] += torch.bincount(labels[hit1], minlength=n)
+        sums[3 + n:] += torch.bincount(labels, minlength=n)
+        self.sums = sums
+
+    def result(self) -> dict:
+        n = self.n_classes
+        correct1, correct5, images = self.sums[:3].tolist()
+        if images == 0:
+            raise ValueError("no images were read")
+        hits, counts = self.sums[3: 3 + n], self.sums[3 + n:]
+        seen = counts > 0
+        return {"acc1": correct1 / images, "acc5": correct5 / images,
+                "mean_per_class_recall": (hits[seen] / counts[seen]).mean().item(),
+                "n": int(images)}
+
+
+class Retrieval:
+    """Recall@k both ways from batches of (logits: images x captions, image indices).
+    caption_owner[t] is the index of caption t's image. text_retrieval = image -> captions (a
+    hit if any of the image's captions is in its top k); image_retrieval = caption -> images."""
+
+    def __init__(self, caption_owner, ks=(1, 5, 10), device="cpu"):
+        self.owner = torch.as_tensor(caption_owner, device=device)
+        self.ks, self.kmax = tuple(ks), max(ks)
+        n_text = len(self.owner)
+        self.sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=device)
+        self.best_scores = torch.full((n_text, self.kmax), float("-inf"), device=device)
+        self.best_images = torch.full((n_text, self.kmax), -1, dtype=torch.long, device=device)
+
+    def _to(self, device) -> None:
+        if self.owner.device != device:
+            self.owner, self.sums = self.owner.to(device), self.sums.to(device)
+            self.best_scores = self.best_scores.to(device)
+            self.best_images = self.best_images.to(device)
+
+    def add(self, logits: torch.Tensor, index: torch.Tensor) -> None:
+        self._to(logits.device)
+        index = index.to(logits.device)
+        top_texts = logits.topk(min(self.kmax, len(self.owner)), dim=1).indices
+        match = self.owner[top_texts] == index[:, None]
+        for i, k in enumerate(self.ks):
+            self.sums[i] += match[:, :k].any(1).sum()
+        self.sums[-1] += len(index)
+        self.keep_best(logits.T.float(), index.expand(len(self.owner), -1))
+
+    def keep_best(self, scores: torch.Tensor, images: torch.Tensor) -> None:
+        """Merge candidate (caption x image) scores into the running top-k per caption."""
+        self._to(scores.device)
+        scores = torch.cat([self.best_scores, scores], dim=1)
+        ids = torch.cat([self.best_images, images.to(scores.device)], dim=1)
+        top = scores.topk(self.kmax, dim=1)
+        self.best_scores, self.best_images = top.values, ids.gather(1, top.indices)
+
+    def result(self) -> dict:
+        n_images = int(self.sums[-1].item())
+        if n_images == 0:
+            raise ValueError("no images were read")
+        out = {"n": n_images, "n_captions": len(self.owner)}
+        hits = self.best_images == self.owner[:, None]
+        for i, k in enumerate(self.ks):
+            out[f"text_retrieval_recall@{k}"] = self.sums[i].item() / n_images
+            out[f"image_retrieval_recall@{k}"] = hits[:, :k].any(1).double().mean().item()
+        return out
 
 
 @torch.no_grad()
+def score_images(model, batches, text_emb, scorers: dict, device="cpu") -> int:
+    """One pass over `batches` of (images, targets): each batch is encoded once and scored by
+    every {tau: accumulator} in `scorers` (tau: Llip's eval-time temperature, ignored by
+    CLIP/SigLIP). Returns the number of images encoded."""
+    encoded = 0
+    with inference_precision(device):
+        for images, targets in batches:
+            image_emb = model.encode_image(images.to(device, non_blocking=True))
+            encoded += len(images)
+            for tau, scorer in scorers.items():
+                scorer.add(model.logits(image_emb, text_emb, tau).float(), targets)
+    return encoded
+
+
 def classify(model, batches, class_emb, device="cpu", tau=None) -> dict:
-    """batches: iterable of (images, labels). Top-1, top-5 and mean per-class recall.
-    `tau`: Llip's eval-time temperature (ignored by CLIP/SigLIP)."""
-    n_classes = class_emb.shape[0]
-    correct1 = correct5 = n = 0
-    hits, counts = torch.zeros(n_classes), torch.zeros(n_classes)
-    for images, labels in batches:
-        logits = model.logits(model.encode_image(images.to(device)), class_emb, tau).float().cpu()
-        top = logits.topk(min(5, n_classes), dim=1).indices
-        correct1 += (top[:, 0] == labels).sum().item()
-        correct5 += (top == labels[:, None]).any(1).sum().item()
-        n += len(labels)
-        counts += torch.bincount(labels, minlength=n_classes).float()
-        hits += torch.bincount(labels[top[:, 0] == labels], minlength=n_classes).float()
-    if n == 0:
-        raise ValueError("no images were read")
-    seen = counts > 0
-    return {"acc1": correct1 / n, "acc5": correct5 / n,
-            "mean_per_class_recall": (hits[seen] / counts[seen]).mean().item(), "n": n}
+    """batches: iterable of (images, labels). Top-1, top-5 and mean per-class recall."""
+    scorer = Classification(class_emb.shape[0], device)
+    score_images(model, batches, class_emb, {tau: scorer}, device)
+    return scorer.result()
 
 
-@torch.no_grad()
 def retrieve(model, image_batches, text_emb, caption_owner, ks=(1, 5, 10), device="cpu",
              tau=None) -> dict:
-    """Recall@k both ways. caption_owner[t] is the index of caption t's image; image_batches
-    yields (images, their indices). text_retrieval = image -> captions (a hit if any of the
-    image's captions is in its top k); image_retrieval = caption -> images."""
-    owner = torch.as_tensor(caption_owner)
-    n_text, kmax = len(owner), max(ks)
-    best_scores = torch.full((n_text, kmax), float("-inf"))
-    best_images = torch.full((n_text, kmax), -1, dtype=torch.long)
-    text_hits, n_images = torch.zeros(len(ks)), 0
-    for images, index in image_batches:
-        logits = model.logits(model.encode_image(images.to(device)), text_emb, tau).float().cpu()
-        top_texts = logits.topk(min(kmax, n_text), dim=1).indices
-        match = owner[top_texts] == index[:, None]
-        text_hits += torch.tensor([match[:, :k].any(1).sum().item() for k in ks])
-        scores = torch.cat([best_scores, logits.T], dim=1)
-        ids = torch.cat([best_images, index.expand(n_text, -1)], dim=1)
-        top = scores.topk(kmax, dim=1)
-        best_scores, best_images = top.values, ids.gather(1, top.indices)
-        n_images += len(index)
-    if n_images == 0:
-        raise ValueError("no images were read")
-    out = {"n": n_images, "n_captions": n_text}
-    for i, k in enumerate(ks):
-        out[f"text_retrieval_recall@{k}"] = text_hits[i].item() / n_images
-        out[f"image_retrieval_recall@{k}"] = \
-            (best_images[:, :k] == owner[:, None]).any(1).float().mean().item()
-    return out
+    """image_batches yields (images, their indices); recall@k both ways (see `Retrieval`)."""
+    scorer = Retrieval(caption_owner, ks, device)
+    score_images(model, image_batches, text_emb, {tau: scorer}, device)
+    return scorer.result()

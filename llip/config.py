@@ -98,9 +98,15 @@ class RunConfig:
     logs: str = "./logs"
     checkpoint_every: int = 1000  # steps; the data stream is re-seeded at each checkpoint
     keep_last: int = 3
+    keep_every: int = 0  # steps; checkpoints at multiples are never pruned (0: none kept)
     log_every: int = 50
     wandb_project: str = "llip"
     wandb_mode: str = "offline"
+
+    # --- evals inside training (llip/training/evaluate.py) ---
+    eval_every: int = 0  # steps; 0: off
+    eval_datasets: str = ""  # '::'- or ','-joined dataset names of the eval catalog
+    eval_catalog: str = ""  # a catalog JSON; empty: evals/dataset_catalog.json
 
     # ------------------------------------------------------------------
     @property
@@ -127,6 +133,12 @@ class RunConfig:
             raise ConfigError(f"image_size={self.image_size} must be divisible by "
                               f"patch_size={self.patch_size}")
         _check_tuning(self)
+        for f in ("keep_every", "eval_every"):
+            if getattr(self, f) < 0:
+                raise ConfigError(f"{f}={getattr(self, f)} must be >= 0 (0: off)")
+        if self.eval_every and not self.eval_datasets:
+            raise ConfigError(f"eval_every={self.eval_every} needs eval_datasets, e.g. "
+                              "eval_datasets=imagenet1k::coco_retrieval")
         if self.cross_attn_tau <= 0:
             raise ConfigError(f"cross_attn_tau={self.cross_attn_tau} must be > 0")
         n_sources = len(self.train_data.split("::")) if self.train_data else 0

@@ -116,9 +116,13 @@ def clean_partial(run_dir: str) -> None:
                 shutil.rmtree(os.path.join(root, d), ignore_errors=True)
 
 
-def prune(run_dir: str, keep_last: int) -> None:
+def prune(run_dir: str, keep_last: int, keep_every: int = 0) -> None:
+    """Remove all but the newest `keep_last` complete checkpoints, except those at multiples of
+    `keep_every` steps (kept for a learning curve)."""
     for old in complete_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        step = int(_STEP_DIR.match(os.path.basename(old)).group(1))
+        if not (keep_every and step % keep_every == 0):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def resolve_checkpoint(path: str) -> str:

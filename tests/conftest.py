@@ -23,11 +23,14 @@ def run_cli(*args, env=None, timeout=600, cwd=REPO):
 
 @pytest.fixture(scope="session")
 def trained_clip(digits, tmp_path_factory):
-    """A clip_demo run trained for 110 steps on the digits, with checkpoints at 55 and 110."""
+    """A clip_demo run trained for 110 steps on the digits, with checkpoints at 55 and 110 and
+    zero-shot evals on the held-out digits at both (eval rows in metrics.jsonl)."""
     logs = tmp_path_factory.mktemp("clip_run")
+    catalog = write_catalog(logs / "catalog.json", digits)
     result = run_cli("-m", "llip.main", "clip_demo", f"train_data={digits['train']}",
                      f"logs={logs}", "epochs=10", "checkpoint_every=55", "keep_last=5",
-                     "log_every=50")
+                     "log_every=50", "eval_every=55", "eval_datasets=digits",
+                     f"eval_catalog={catalog}")
     assert result.returncode == 0, result.stderr[-2000:]
     return os.path.join(logs, "clip_demo")
 

@@ -36,7 +36,7 @@ def save(run_dir: str, cfg, step: int, model, optimizer, trainer_state: dict,
         if os.path.exists(final):  # re-saving the same step (e.g. resumed at the very end)
             shutil.rmtree(final)
         os.rename(tmp, final)
-        rd.prune(run_dir, cfg.keep_last)
+        rd.prune(run_dir, cfg.keep_last, cfg.keep_every)
     dist.barrier()
     return final
 

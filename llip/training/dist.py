@@ -103,6 +103,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def all_gather(values: torch.Tensor) -> torch.Tensor:
+    """Every rank's `values` (same shape everywhere), stacked along a new dim 0 in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return values[None]
+    out = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, values.contiguous())
+    return torch.stack(out)
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -85,6 +85,16 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
 
+    def log_eval(self, step: int, values: dict, summary: str) -> None:
+        """One metrics.jsonl row of eval numbers (keys eval/<dataset>/<metric>) at `step`."""
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **values, "time": time.time()}) + "\n")
+        print(f"eval at step {step} | {summary} | {values['eval/seconds']:.1f}s", flush=True)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
+
     def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()

@@ -24,6 +24,7 @@ from llip.data.stream import (
 from llip.losses import contrastive_loss
 from llip.models.pretrained import check_init_from
 from llip.training import checkpoint, dist
+from llip.training.evaluate import Evaluator, eval_entries
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.model_setup import build_for_training
 from llip.training.optim import build_optimizer, lr_at
@@ -51,6 +52,7 @@ def checked_for_training(cfg):
     cfg.require_training_inputs()
     check_init_from(cfg)
     check_shards(expand_sources(cfg.train_data))
+    eval_entries(cfg)  # eval_datasets known, their data present
     return with_dataset_size(cfg)
 
 
@@ -117,6 +119,7 @@ class Trainer:
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
         t_window = time.time()
+        evaluator = Evaluator(cfg, world)
         for step in range(start, cfg.total_steps):
             images, tokens, skipped = next(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
@@ -135,6 +138,10 @@ class Trainer:
                            steps * cfg.batch_size / max(elapsed, 1e-9),
                            (cfg.total_steps - done) * elapsed / steps)
                 t_window = time.time()
+            if evaluator.due(done):  # before the checkpoint: a resume from it redoes no eval
+                t_eval = time.time()
+                logger.log_eval(done, *evaluator(model))
+                t_window += time.time() - t_eval  # eval time is not training throughput
             if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)

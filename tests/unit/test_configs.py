@@ -42,3 +42,14 @@ def test_overrides_are_typed():
         resolve("llip_tiny", ["quick_gelu=maybe"])
     with pytest.raises(ConfigError, match="train_data_weights has 1 entries but train_data has 2"):
         resolve("llip_tiny", ["train_data=a.tar::b.tar", "train_data_weights=1"])
+
+
+def test_eval_and_keep_every_fields_are_validated():
+    cfg = resolve("llip_tiny", ["eval_every=50", "eval_datasets=digits::imagenet1k",
+                                "keep_every=100"])
+    assert (cfg.eval_every, cfg.keep_every) == (50, 100)
+    with pytest.raises(ConfigError, match="eval_every=5 needs eval_datasets"):
+        resolve("llip_tiny", ["eval_every=5"])
+    for bad in ("eval_every=-1", "keep_every=-2"):
+        with pytest.raises(ConfigError, match="must be >= 0"):
+            resolve("llip_tiny", [bad])

@@ -96,3 +96,130 @@ def test_imagefolder_and_karpathy_json_readers(tmp_path):
     assert captions == ["one", "two", "three"] and owner == [0, 0, 1]
     images, index = next(batches)
     assert images.shape == (2, 3, 32, 32) and index.tolist() == [0, 1]
+
+
+# ------------------------------------------------------------ scoring accumulators
+def test_accumulators_of_image_shares_merge_to_the_whole():
+    """What the distributed eval relies on: summed counts and merged running top-k of two
+    shares of the images equal one pass over all of them."""
+    from evals.zeroshot import Classification, Retrieval
+    torch.manual_seed(0)
+    logits, labels = torch.randn(12, 4), torch.randint(0, 4, (12,))
+    whole, parts = Classification(4), [Classification(4), Classification(4)]
+    whole.add(logits, labels)
+    parts[0].add(logits[:5], labels[:5])
+    parts[1].add(logits[5:], labels[5:])
+    parts[0].sums += parts[1].sums
+    assert parts[0].result() == whole.result()
+    assert whole.result()["acc1"] == (logits.argmax(1) == labels).sum().item() / 12
+
+    owner = [0, 0, 1, 2, 3, 4, 5, 5, 6, 7]
+    scores, index = torch.randn(8, 10), torch.arange(8)
+    whole, a, b = (Retrieval(owner, ks=(1, 2, 5)) for _ in range(3))
+    whole.add(scores, index)
+    a.add(scores[::2], index[::2])  # rank 0's share
+    b.add(scores[1::2], index[1::2])  # rank 1's share
+    a.sums += b.sums
+    a.keep_best(b.best_scores, b.best_images)
+    assert a.result() == whole.result()
+
+
+def test_templates_fill_only_c_and_labels_stay_within_class_names():
+    from evals.zeroshot import Classification, fill_template
+    from llip.cli import ConfigError
+    assert fill_template("a photo of a {c}.", "cat") == "a photo of a cat."
+    for bad, needle in (("a {cls} photo", "{cls}"), ("a {} photo", "{}"), ("a {c", "valid")):
+        with pytest.raises(ConfigError, match="template") as info:
+            fill_template(bad, "cat")
+        assert needle in str(info.value) and bad in str(info.value)
+    with pytest.raises(ConfigError, match="label 7 is outside the 5 class names"):
+        Classification(5).add(torch.randn(3, 5), torch.tensor([1, 7, 2]))
+
+
+def test_inference_runs_fp32_on_cpu():
+    from evals.zeroshot import inference_precision
+    with inference_precision("cpu"):
+        assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.float32
+
+
+# ------------------------------------------------------------ result files
+def _result(path, model="clip_demo", step=110, checkpoint="/r/a/clip_demo/checkpoints/"
+            "step_00000110", loss="clip", taus=(None,)):
+    from evals.results import checkpoint_id
+    return {"id": checkpoint_id(checkpoint, step), "model": model, "loss": loss, "step": step,
+            "checkpoint": checkpoint, "dataset": "digits", "task": "zeroshot_classification",
+            "metric": "acc1", "n": 3, "by_tau": [{"eval_tau": t, "value": 0.5, "metrics":
+                                                  {"acc1": 0.5, "n": 3}} for t in taus]}
+
+
+def test_truncated_or_foreign_result_files_are_not_done(tmp_path):
+    from evals.results import missing_taus, read_result
+    path = tmp_path / "r.json"
+    text = json.dumps(_result(path))
+    path.write_text(text)
+    assert read_result(str(path))["model"] == "clip_demo"
+    assert missing_taus(read_result(str(path)), [1.0, 5.0]) == []  # CLIP: taus do not apply
+    for broken in (text[: len(text) // 2], "{}", json.dumps({**_result(path), "by_tau": []}),
+                   json.dumps([1, 2]), ""):
+        path.write_text(broken)
+        assert read_result(str(path)) is None, broken
+    assert read_result(str(tmp_path / "absent.json")) is None
+    llip = _result(path, loss="llip", taus=(1.0,))
+    assert missing_taus(llip, [1, 5]) == [5] and missing_taus(llip, [1]) == []
+    assert missing_taus(None, [None]) == [None]
+
+
+def test_same_named_checkpoints_get_distinct_files_and_labels(tmp_path):
+    from evals.results import display_labels, result_path
+    ckpts = ["/x/a/clip_demo/checkpoints/step_00000110", "/x/b/clip_demo/checkpoints/"
+             "step_00000110", "/x/a/model.pt", "/x/b/model.pt"]
+    results = [_result(None, checkpoint=c) for c in ckpts]
+    results.append(_result(None, checkpoint="/x/a/clip_demo/checkpoints/step_00000055", step=55))
+    results.append(_result(None, model="siglip_demo", checkpoint="/y/siglip_demo/checkpoints/"
+                           "step_00000110"))
+    assert len({r["id"] for r in results}) == 6
+    assert len({result_path("out", "clip_demo__step00000110", "digits", r["id"])
+                for r in results}) == 6
+    labels = display_labels(results)
+    assert [labels[r["id"]] for r in results] == [
+        "clip_demo (a/clip_demo)", "clip_demo (b/clip_demo)", "clip_demo (a/model.pt)",
+        "clip_demo (b/model.pt)", "clip_demo (a/clip_demo)", "siglip_demo"]
+
+
+# ------------------------------------------------------------ sweep YAML
+def test_sweep_yaml_types_are_checked(tmp_path):
+    import yaml
+
+    from evals.main_mc import load_sweep
+    from llip.cli import ConfigError
+    base = {"checkpoints": ["run"], "output_dir": "out"}
+    cases = [
+        ({"batch_size": 0}, "'batch_size' must be an integer > 0"),
+        ({"batch_size": True}, "'batch_size' must be an integer > 0"),
+        ({"workers": -1}, "'workers' must be an integer >= 0"),
+        ({"checkpoints": "run"}, "'checkpoints' must be a non-empty list"),
+        ({"checkpoints": [{"all": True}]}, "needs exactly one of path"),
+        ({"checkpoints": [{"path": 3}]}, "'path' must be a str"),
+        ({"checkpoints": [{"path": "r", "all": "yes"}]}, "'all' must be a bool"),
+        ({"checkpoints": [{"path": "r", "every": True}]}, "unknown key 'every'"),
+        ({"checkpoints": [7]}, "must be a path or a mapping"),
+        ({"eval_tau": 0}, "'eval_tau' must be a number > 0"),
+        ({"eval_tau": ["5"]}, "'eval_tau' must be a number > 0"),
+        ({"eval_tau": [1, True]}, "'eval_tau' must be a number > 0"),
+        ({"eval_tau": []}, "'eval_tau' must be a number > 0"),
+        ({"datasets": "digits"}, "'datasets' must be 'all' or a non-empty list"),
+        ({"catalogs": "c.json"}, "'catalogs' must be a non-empty list"),
+        ({"output_dir": None}, "'output_dir' must be a path"),
+        ({"slurm": ["a"]}, "'slurm' must be a mapping"),
+    ]
+    for change, needle in cases:
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({**base, **change}))
+        with pytest.raises(ConfigError) as info:
+            load_sweep(str(path))
+        assert needle in str(info.value) and "\n" not in str(info.value), (change, info.value)
+    path.write_text(yaml.safe_dump({**base, "eval_tau": [1, 5, 1.0], "checkpoints":
+                                    ["a", {"path": "b", "all": True}]}))
+    sweep = load_sweep(str(path))
+    assert sweep.eval_tau == [1.0, 5.0]
+    assert sweep.checkpoints == [{"path": "a", "all": False}, {"path": "b", "all": True}]

@@ -78,3 +78,12 @@ def test_metric_window_means_and_totals():
     assert window.steps == 3
     assert window.reduce() == {"loss": 3.0, "skipped": 3.0}
     assert window.steps == 0 and window.sums.abs().sum() == 0
+
+
+def test_keep_every_survives_pruning(tmp_path):
+    for step in (10, 20, 30, 40, 50, 60):
+        _fake_checkpoint(tmp_path, step)
+    rd.prune(str(tmp_path), keep_last=2, keep_every=20)
+    assert [rd.step_of(d) for d in rd.complete_checkpoints(str(tmp_path))] == [20, 40, 50, 60]
+    rd.prune(str(tmp_path), keep_last=1)
+    assert [rd.step_of(d) for d in rd.complete_checkpoints(str(tmp_path))] == [60]

@@ -1,0 +1,112 @@
+"""Result files of eval tasks: names that cannot collide, validation on read, readable labels.
+
+One JSON per (checkpoint, dataset) task, written atomically:
+    {"id", "label", "model", "loss", "step", "checkpoint", "dataset", "task", "split", "metric",
+     "n", "images_encoded", "seconds",
+     "by_tau": [{"eval_tau": null | number, "value": <main metric>, "metrics": {...}}, ...]}
+`id` is a short hash of the checkpoint's absolute path and step: two checkpoints that share a
+run name, a file name or a step never share a result. `by_tau` holds one entry per Llip eval
+temperature, all scored from the same image embeddings; CLIP/SigLIP have one entry with
+eval_tau null. A file that does not parse or lacks a key (a torn write, a foreign file) is not a
+result: the task counts as not done and runs again.
+"""
+import hashlib
+import json
+import os
+import re
+
+from llip.io import read_json
+
+REQUIRED = ("id", "model", "step", "checkpoint", "dataset", "task", "metric", "by_tau")
+_STEP_DIR = re.compile(r"^step_\d{8}$")
+
+
+def checkpoint_id(path: str, step) -> str:
+    return hashlib.sha256(f"{os.path.abspath(path)}\n{step}".encode()).hexdigest()[:10]
+
+
+def result_path(output_dir: str, label: str, dataset: str, ckpt_id: str) -> str:
+    name = re.sub(r"[^\w.@=-]", "_", f"{label}__{dataset}__{ckpt_id}")
+    return os.path.join(output_dir, "results", name + ".json")
+
+
+def tau_key(tau):
+    return None if tau is None else float(tau)
+
+
+def read_result(path: str):
+    """The result in `path`, or None when it is missing or not a complete result."""
+    if not os.path.exists(path):
+        return None
+    try:
+        result = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(result, dict) or any(k not in result for k in REQUIRED):
+        return None
+    entries = result["by_tau"]
+    if not isinstance(entries, list) or not entries or not all(
+            isinstance(e, dict) and isinstance(e.get("metrics"), dict)
+            and result["metric"] in e["metrics"] and "eval_tau" in e for e in entries):
+        return None
+    return result
+
+
+def missing_taus(result, taus) -> list:
+    """Which of `taus` a result still lacks (a model without eval taus lacks none once done)."""
+    if result is None:
+        return list(taus)
+    have = {tau_key(e["eval_tau"]) for e in result["by_tau"]}
+    if have == {None} and result.get("loss") != "llip":
+        return []
+    return [t for t in taus if tau_key(t) not in have]
+
+
+def source_of(checkpoint: str) -> str:
+    """What a checkpoint belongs to: the run dir of a checkpoints/step_* dir, else itself."""
+    path = os.path.normpath(checkpoint)
+    parent = os.path.dirname(path)
+    if _STEP_DIR.match(os.path.basename(path)) and os.path.basename(parent) == "checkpoints":
+        return os.path.dirname(parent)
+    return path
+
+
+def display_labels(results) -> dict:
+    """id -> the model column of the tables: the run name, or, where two sources (run dirs,
+    exported files) share a run name, the name plus the shortest path tail that tells them
+    apart, e.g. "clip_demo (a/clip_demo)"."""
+    sources = {}
+    for r in results:
+        sources.setdefault(r["model"], set()).add(source_of(r["checkpoint"]))
+    tails = {}
+    for name, group in sources.items():
+        if len(group) == 1:
+            tails[name] = {s: "" for s in group}
+            continue
+        parts = {s: s.strip(os.sep).split(os.sep) for s in group}
+        depth = 1
+        while depth < max(map(len, parts.values())) and len(
+                {tuple(p[-depth:]) for p in parts.values()}) < len(group):
+            depth += 1
+        tails[name] = {s: "/".join(p[-depth:]) for s, p in parts.items()}
+    labels = {}
+    for r in results:
+        tail = tails[r["model"]][source_of(r["checkpoint"])]
+        labels[r["id"]] = f"{r['model']} ({tail})" if tail else r["model"]
+    return labels
+
+
+def long_rows(results) -> list[dict]:
+    """One row per (checkpoint, dataset, eval tau, metric) for the long table."""
+    labels = display_labels(results)
+    rows = []
+    for r in results:
+        for entry in r["by_tau"]:
+            tau = "" if entry["eval_tau"] is None else f"{entry['eval_tau']:g}"
+            for metric, value in entry["metrics"].items():
+                if metric not in ("n", "n_captions"):
+                    rows.append({"model": labels[r["id"]], "step": r["step"], "eval_tau": tau,
+                                 "dataset": r["dataset"], "task": r["task"], "metric": metric,
+                                 "value": value, "main": metric == r["metric"], "n": r["n"],
+                                 "checkpoint": r["checkpoint"], "id": r["id"]})
+    return rows
