@@ -16,7 +16,7 @@ import time
 import yaml
 
 from evals.aggregate import aggregate
-from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
+from evals.catalog import DEFAULT_CATALOG, expand, expand_names, load_catalogs, load_groups
 from evals.runner import result_path, run_task
 from llip import run_dir as rd
 from llip.cli import ConfigError, cli, closest
@@ -113,10 +113,13 @@ def checkpoint_tag(path: str) -> str:
 
 def build_tasks(sweep: SweepConfig) -> list[dict]:
     catalog = load_catalogs(sweep.catalogs)
-    names = list(catalog) if sweep.datasets == "all" else list(sweep.datasets)
+    groups = load_groups(sweep.catalogs)
+    names = list(catalog) if sweep.datasets == "all" else \
+        expand_names(sweep.datasets, catalog, groups)
     for name in names:
         if name not in catalog:
-            raise ConfigError(f"unknown dataset '{name}'; closest: {closest(name, catalog)}")
+            raise ConfigError(f"unknown dataset '{name}'; closest: "
+                              f"{closest(name, [*catalog, *groups])}")
     return [{"checkpoint": ckpt, "dataset": catalog[name], "eval_tau": tau,
              "batch_size": sweep.batch_size, "workers": sweep.workers,
              "output": result_path(sweep.output_dir, checkpoint_tag(ckpt), name, tau)}
@@ -185,7 +188,7 @@ def main(argv=None) -> int:
     failures = run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
         run_local(todo)
     print()
-    aggregate(sweep.output_dir)
+    aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs))
     return 1 if failures else 0
 
 

@@ -6,7 +6,9 @@ import time
 
 import torch
 
+from evals.catalog import PROBE_TASKS
 from evals.datasets import classification_batches, retrieval_data
+from evals.probe import run_probe
 from evals.zeroshot import class_embeddings, classify, encode_texts, retrieve
 from llip.data import tokenizer_for, transform_for
 from llip.io import read_json, write_json
@@ -27,7 +29,9 @@ def run_task(task: dict) -> dict:
     tau = task["eval_tau"]  # Llip: softmax temperature over mixture tokens (None: trained one)
     entry = task["dataset"]
     transform, tokenizer = transform_for(cfg, train=False), tokenizer_for(cfg)
-    if entry["task"] == "zeroshot_classification":
+    if entry["task"] in PROBE_TASKS:  # image features only: eval tau plays no part
+        metrics = run_probe(model, entry, transform, task["batch_size"], task["workers"], device)
+    elif entry["task"] == "zeroshot_classification":
         batches, classnames = classification_batches(entry, transform, task["batch_size"],
                                                      task["workers"])
         metrics = classify(model, batches, class_embeddings(
