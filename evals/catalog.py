@@ -39,7 +39,8 @@ CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}"
                           for d in ("image", "text") for k in (1, 5, 10))
 OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
-PROBE_FIELDS = ("train_path", "train_split", "val_proportion", "k")
+PROBE_FIELDS = {"linear_probe": ("train_path", "train_split", "val_proportion"),
+                "knn": ("train_path", "train_split", "k")}
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -99,8 +100,7 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
         raise ConfigError(f"{where}: metric {entry['metric']!r} for {entry['task']} must be one "
                           f"of {', '.join(metrics)}")
     known = {"task", "format", "path", "metric", "classnames", "templates", "description",
-             "classes", "chance", *OPTIONAL, *(PROBE_FIELDS if entry["task"] in PROBE_TASKS
-                                              else ())}
+             "classes", "chance", *OPTIONAL, *PROBE_FIELDS.get(entry["task"], ())}
     unknown = set(entry) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
