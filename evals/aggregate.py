@@ -1,9 +1,15 @@
 """Results -> pandas tables and a plot. python -m evals.aggregate <output_dir>
 
 long:  one row per (model, step, dataset, eval tau, metric), with the checkpoint path and id
-wide:  rows = checkpoints (model, step[, tau]), columns = datasets (main metric) + average
+wide:  rows = checkpoints (model, step[, tau]), columns = datasets (main metric), then
+       average            the mean over the datasets that row has results for (so it changes
+                          meaning with the datasets evaluated), and for each dataset group of the
+       average_<group>    catalogs: the mean over exactly the group's datasets, empty unless the
+                          row has all of them (e.g. average_llip_paper, the paper's suite)
 The model column is the run name, extended by a path tail where two checkpoints share it.
 Written as CSV and Markdown next to the results, plus a PNG of each main metric vs step.
+CLIP_benchmark result JSON files (in <output_dir>/external/ or given with --clip-benchmark) join
+the tables as rows labelled "<model> <pretrained>" with no step.
 """
 import argparse
 import glob
@@ -12,29 +18,43 @@ import sys
 
 import pandas as pd
 
+from evals.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
+from evals.interop import read_clip_benchmark
 from evals.results import long_rows, read_result
 from llip.cli import ConfigError, cli
 from llip.io import atomic_write
 
+INDEX = ["model", "step", "eval_tau"]
 
-def read_results(output_dir: str) -> list[dict]:
+
+def read_results(output_dir: str, external=(), catalog=None) -> list[dict]:
+    """Our result files, plus CLIP_benchmark's from <output_dir>/external/ and `external`."""
     files = sorted(glob.glob(os.path.join(output_dir, "results", "*.json")))
     found = [r for r in map(read_result, files) if r is not None]
     if len(found) < len(files):
         print(f"skipped {len(files) - len(found)} incomplete result file(s) in "
               f"{output_dir}/results (re-run the sweep to redo them)")
+    extra = list(external)
+    if os.path.isdir(os.path.join(output_dir, "external")):
+        extra.insert(0, os.path.join(output_dir, "external"))
+    found += read_clip_benchmark(extra, catalog)
     if not found:
         raise ConfigError(f"no results in {output_dir}/results: run evals.main_mc first")
     return found
 
 
-def tables(results: list[dict]):
-    long = pd.DataFrame(long_rows(results)).sort_values(["model", "step", "eval_tau",
-                                                         "dataset", "metric"])
+def tables(results: list[dict], groups=None):
+    long = pd.DataFrame(long_rows(results))
+    long["step"] = long["step"].astype("Int64")  # public models' results have no step
+    long = long.sort_values(["model", "step", "eval_tau", "dataset", "metric"])
     main = long[long["main"]]
-    wide = main.pivot_table(index=["model", "step", "eval_tau"], columns="dataset",
-                            values="value", aggfunc="first")
-    wide["average"] = wide.mean(axis=1)
+    wide = main.groupby([*INDEX, "dataset"], dropna=False)["value"].first().unstack("dataset")
+    wide.columns.name = None
+    datasets = list(wide.columns)
+    wide["average"] = wide[datasets].mean(axis=1)
+    for name, members in (groups or {}).items():
+        if any(m in datasets for m in members):  # NaN unless the row has every member
+            wide[f"average_{name}"] = wide.reindex(columns=members).mean(axis=1, skipna=False)
     return long.reset_index(drop=True), wide.reset_index()
 
 
@@ -42,8 +62,11 @@ def plot(long: pd.DataFrame, path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    main = long[long["main"]]
+    main = long[long["main"] & long["step"].notna()]  # public models have no step to plot
+    main = main.astype({"step": "int64"})
     datasets = sorted(main["dataset"].unique())
+    if not datasets:
+        return
     fig, axes = plt.subplots(1, len(datasets), figsize=(4 * len(datasets), 3.2), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         part = main[main["dataset"] == dataset]
@@ -60,11 +83,29 @@ def plot(long: pd.DataFrame, path: str) -> None:
     plt.close(fig)
 
 
-def aggregate(output_dir: str) -> pd.DataFrame:
-    long, wide = tables(read_results(output_dir))
+def legend(wide: pd.DataFrame, groups: dict) -> str:
+    """What the average columns of `wide` mean, in words, for under the table."""
+    lines = ["average: mean main metric over the datasets each row has results for"]
+    for name, members in groups.items():
+        if f"average_{name}" in wide.columns:
+            lines.append(f"average_{name}: mean over all {len(members)} datasets of group "
+                         f"'{name}' ({', '.join(members)}); empty where any is missing")
+    return "\n".join(lines)
+
+
+def aggregate(output_dir: str, groups=None, external=(), catalog=None) -> pd.DataFrame:
+    """groups: name -> datasets (default: the default catalog's); external: CLIP_benchmark
+    result files or folders; catalog: gives their main metric (default: the default catalog)."""
+    if groups is None:
+        groups = load_groups([DEFAULT_CATALOG])
+    if catalog is None:
+        catalog = load_catalogs([DEFAULT_CATALOG])
+    long, wide = tables(read_results(output_dir, external, catalog), groups)
+    os.makedirs(output_dir, exist_ok=True)
     long.to_csv(os.path.join(output_dir, "results_long.csv"), index=False)
     wide.to_csv(os.path.join(output_dir, "results_wide.csv"), index=False)
-    markdown = wide.to_markdown(index=False, floatfmt=".4f")
+    shown = wide.astype({"step": object}).fillna({"step": ""})
+    markdown = shown.to_markdown(index=False, floatfmt=".4f") + "\n\n" + legend(wide, groups)
     atomic_write(os.path.join(output_dir, "results_wide.md"), markdown + "\n")
     plot(long, os.path.join(output_dir, "results_vs_step.png"))
     print(markdown)
@@ -77,7 +118,16 @@ def aggregate(output_dir: str) -> pd.DataFrame:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output_dir")
-    aggregate(parser.parse_args(argv).output_dir)
+    parser.add_argument("--catalog", action="append", default=None,
+                        help="catalog(s) whose dataset groups get an average_<group> column and "
+                        "whose main metrics apply to CLIP_benchmark results (default: evals/"
+                        "dataset_catalog.json)")
+    parser.add_argument("--clip-benchmark", action="append", default=[], metavar="PATH",
+                        help="CLIP_benchmark result JSON file or folder (repeatable)")
+    args = parser.parse_args(argv)
+    catalogs = args.catalog or [DEFAULT_CATALOG]
+    aggregate(args.output_dir, groups=load_groups(catalogs), external=args.clip_benchmark,
+              catalog=load_catalogs(catalogs))
 
 
 if __name__ == "__main__":

@@ -2,32 +2,45 @@
 entry is one line naming the catalog, the dataset, the field and the fix.
 
 Entry fields:
-  task        zeroshot_classification | retrieval
+  task        zeroshot_classification | retrieval | linear_probe | knn
   format      wds | imagefolder | filelist | json
   path        shard spec (wds), folder (imagefolder), CSV/TSV (filelist), JSON file (json);
               ${VAR} and ${VAR:-default} are expanded from the environment
   split       recorded with results; for imagefolder, a sub-folder of path if it exists
-  classnames  (classification) a list, a file (one per line, relative to the catalog),
-              "open_clip:imagenet", or "folder" (imagefolder directory names)
-  templates   (classification) a list or a file of prompts with {c}, or
+  classnames  (zero-shot) a list, a file (one per line, relative to the catalog),
+              "clip_benchmark:<key>" (evals/zeroshot_metadata.json), "open_clip:imagenet",
+              or "folder" (imagefolder directory names)
+  templates   (zero-shot) a list or a file of prompts with {c}, "clip_benchmark:<key>", or
               "open_clip:openai_imagenet" / "open_clip:simple_imagenet"
-  metric      the main metric: acc1 | acc5 | mean_per_class_recall | image_retrieval_recall@k |
-              text_retrieval_recall@k (k in 1, 5, 10)
+  metric      the main metric: acc1 | acc5 | mean_per_class_recall (classification and probes) |
+              image_retrieval_recall@k | text_retrieval_recall@k (k in 1, 5, 10)
+  probes      (linear_probe, knn) train_path (default: path) and train_split (default "train"):
+              the labelled set the probe is fitted on; `path`/`split` is the test set.
+              linear_probe: val_proportion (default 0.2) of train held out to choose the L2
+              penalty, then refit on all of train. knn: k (default 20).
   optional    image_root (json, filelist), image_key, label_key, caption_key, separator
+
+Top-level "_groups": {"name": [dataset, ...]} names dataset suites: a sweep may list a group in
+`datasets`, and the aggregated table has a column average_<group> over exactly its members.
+Other top-level keys starting with "_" are comments.
 """
 import json
 import os
 import re
 
+from evals import prompts
 from llip.cli import ConfigError
 from llip.io import read_json, read_text
 
-TASKS = ("zeroshot_classification", "retrieval")
+TASKS = ("zeroshot_classification", "retrieval", "linear_probe", "knn")
+PROBE_TASKS = ("linear_probe", "knn")
 FORMATS = ("wds", "imagefolder", "filelist", "json")
 CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}"
                           for d in ("image", "text") for k in (1, 5, 10))
 OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
+PROBE_FIELDS = {"linear_probe": ("train_path", "train_split", "val_proportion"),
+                "knn": ("train_path", "train_split", "k")}
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
@@ -57,6 +70,8 @@ def _string_list(value, field: str, where: str, base_dir: str, allow_folder: boo
         raise ConfigError(f"{where}: field '{field}' must be a list, a file or a reference")
     if value.startswith("open_clip:"):
         return _open_clip_list(value, where)
+    if value.startswith(prompts.PREFIX):
+        return prompts.lookup(value, field, where)
     if value == "folder" and allow_folder:
         return "folder"
     path = value if os.path.isabs(value) else os.path.join(base_dir, value)
@@ -80,12 +95,12 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
     if entry["format"] not in FORMATS:
         raise ConfigError(f"{where}: format {entry['format']!r} must be one of "
                           f"{', '.join(FORMATS)}")
-    metrics = CLASSIFICATION_METRICS if entry["task"] == TASKS[0] else RETRIEVAL_METRICS
+    metrics = RETRIEVAL_METRICS if entry["task"] == "retrieval" else CLASSIFICATION_METRICS
     if entry["metric"] not in metrics:
         raise ConfigError(f"{where}: metric {entry['metric']!r} for {entry['task']} must be one "
                           f"of {', '.join(metrics)}")
     known = {"task", "format", "path", "metric", "classnames", "templates", "description",
-             "classes", "chance", *OPTIONAL}
+             "classes", "chance", *OPTIONAL, *PROBE_FIELDS.get(entry["task"], ())}
     unknown = set(entry) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
@@ -105,22 +120,79 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
                               "fix the list or the count")
         if not all("{c}" in t for t in out["templates"]):
             raise ConfigError(f"{where}: every template needs the placeholder {{c}}")
+    if entry["task"] in PROBE_TASKS:
+        _validate_probe(out, where)
     return out
+
+
+def _validate_probe(out: dict, where: str) -> None:
+    out["train_path"] = expand(out.get("train_path", out["path"]))
+    out.setdefault("train_split", "train")
+    if out["train_path"] == out["path"] and (out["format"] != "imagefolder" or
+                                             out["train_split"] == out.get("split")):
+        raise ConfigError(f"{where}: a probe needs a training set apart from the test set: give "
+                          "train_path (or, for imagefolder, a train_split sub-folder)")
+    if out["task"] == "linear_probe":
+        v = out.setdefault("val_proportion", 0.2)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+            raise ConfigError(f"{where}: val_proportion must be a number in (0, 1), got {v!r}")
+    else:
+        k = out.setdefault("k", 20)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"{where}: k must be a positive integer, got {k!r}")
+
+
+def _read(path: str):
+    path = expand(path)
+    if not os.path.exists(path):
+        raise ConfigError(f"catalog {path} does not exist")
+    try:
+        raw = read_json(path)
+    except json.JSONDecodeError as exn:
+        raise ConfigError(f"catalog {path} is not valid JSON: {exn}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"catalog {path} must be a JSON object: name -> entry")
+    return path, raw
+
+
+def load_groups(paths) -> dict:
+    """group name -> dataset names, from the catalogs' "_groups" (later ones override)."""
+    groups = {}
+    for path in paths:
+        path, raw = _read(path)
+        found = raw.get("_groups", {})
+        if not isinstance(found, dict):
+            raise ConfigError(f"catalog {path}: _groups must be an object: name -> [datasets]")
+        for name, members in found.items():
+            if name.startswith("_"):
+                continue
+            if not isinstance(members, list) or not members or \
+                    not all(isinstance(m, str) for m in members):
+                raise ConfigError(f"catalog {path}: group '{name}' must be a non-empty list of "
+                                  "dataset names")
+            groups[name] = list(members)
+    return groups
+
+
+def expand_names(names, catalog: dict, groups: dict) -> list:
+    """Dataset names with groups replaced by their members, in order, without repeats."""
+    out = []
+    for name in names:
+        members = groups.get(name, [name]) if name not in catalog else [name]
+        missing = [m for m in members if m not in catalog]
+        if missing and name in groups:
+            raise ConfigError(f"group '{name}' names datasets missing from the catalogs: "
+                              f"{', '.join(missing)}: add catalog entries for them or list the "
+                              "datasets one by one")
+        out.extend(members)
+    return list(dict.fromkeys(out))
 
 
 def load_catalogs(paths) -> dict:
     """Merge catalogs in order (later ones override earlier names); validate every entry."""
     merged = {}
     for path in paths:
-        path = expand(path)
-        if not os.path.exists(path):
-            raise ConfigError(f"catalog {path} does not exist")
-        try:
-            raw = read_json(path)
-        except json.JSONDecodeError as exn:
-            raise ConfigError(f"catalog {path} is not valid JSON: {exn}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"catalog {path} must be a JSON object: name -> entry")
+        path, raw = _read(path)
         base = os.path.dirname(os.path.abspath(path))
         for name, entry in raw.items():
             if name.startswith("_"):  # comments

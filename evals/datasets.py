@@ -163,7 +163,7 @@ def classification_batches(entry, transform, batch_size: int, workers: int, rank
                                entry.get("label_key", "cls"), batch_size, workers, rank, world)
         return ((images, labels) for images, labels, _, _ in loader), entry["classnames"]
     items, names = classification_items(entry)
-    bad = [label for _, label in items if not 0 <= label < len(names)]
+    bad = [label for _, label in items if names is not None and not 0 <= label < len(names)]
     if bad:
         raise ConfigError(f"dataset '{entry['name']}': label {bad[0]} is outside the "
                           f"{len(names)} classnames: fix classnames or the labels")

@@ -20,7 +20,14 @@ import yaml
 
 from evals import checkpoints, results
 from evals.aggregate import aggregate
-from evals.catalog import DEFAULT_CATALOG, expand, load_catalogs
+from evals.catalog import (
+    DEFAULT_CATALOG,
+    PROBE_TASKS,
+    expand,
+    expand_names,
+    load_catalogs,
+    load_groups,
+)
 from evals.runner import describe, run_task
 from llip.cli import ConfigError, cli, closest
 
@@ -125,17 +132,22 @@ def build_tasks(sweep: SweepConfig):
     """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
     checkpoint that cannot be read (its tasks cannot run; the others still do)."""
     catalog = load_catalogs(sweep.catalogs)
-    names = list(catalog) if sweep.datasets == "all" else list(sweep.datasets)
+    groups = load_groups(sweep.catalogs)
+    names = list(catalog) if sweep.datasets == "all" else \
+        expand_names(sweep.datasets, catalog, groups)
     for name in names:
         if name not in catalog:
-            raise ConfigError(f"unknown dataset '{name}'; closest: {closest(name, catalog)}")
+            raise ConfigError(f"unknown dataset '{name}'; closest: "
+                              f"{closest(name, [*catalog, *groups])}")
     tasks, failures = [], []
     for ckpt in checkpoints.expand(sweep.checkpoints):
         if isinstance(ckpt, checkpoints.Unreadable):
             failures.append((ckpt.path, ckpt.reason))
             continue
-        taus = sweep.eval_tau if ckpt.loss == "llip" else [None]
-        tasks.extend({"checkpoint": ckpt, "dataset": catalog[name], "taus": taus,
+        tasks.extend({"checkpoint": ckpt, "dataset": catalog[name],
+                      # eval tau is Llip's and only scores zero-shot tasks, not probes
+                      "taus": sweep.eval_tau if ckpt.loss == "llip" and
+                      catalog[name]["task"] not in PROBE_TASKS else [None],
                       "batch_size": sweep.batch_size, "workers": sweep.workers,
                       "output": results.result_path(sweep.output_dir, ckpt.label, name, ckpt.id)}
                      for name in names)
@@ -233,7 +245,7 @@ def main(argv=None) -> int:
         run_local(todo)
     print()
     if any(results.read_result(t["output"]) for t in tasks):
-        aggregate(sweep.output_dir)
+        aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs))
     if failures:
         print(f"\n{len(failures)} failed:")
         for what, reason in failures:

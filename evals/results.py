@@ -96,6 +96,9 @@ def display_labels(results) -> dict:
     return labels
 
 
+NOT_METRICS = ("n", "n_captions", "n_train", "k", "lambda", "val_acc1")  # counts and settings
+
+
 def long_rows(results) -> list[dict]:
     """One row per (checkpoint, dataset, eval tau, metric) for the long table."""
     labels = display_labels(results)
@@ -104,7 +107,7 @@ def long_rows(results) -> list[dict]:
         for entry in r["by_tau"]:
             tau = "" if entry["eval_tau"] is None else f"{entry['eval_tau']:g}"
             for metric, value in entry["metrics"].items():
-                if metric not in ("n", "n_captions"):
+                if metric not in NOT_METRICS:
                     rows.append({"model": labels[r["id"]], "step": r["step"], "eval_tau": tau,
                                  "dataset": r["dataset"], "task": r["task"], "metric": metric,
                                  "value": value, "main": metric == r["metric"], "n": r["n"],

@@ -10,7 +10,9 @@ import time
 import torch
 
 from evals import checkpoints, results
+from evals.catalog import PROBE_TASKS
 from evals.datasets import classification_batches, retrieval_data
+from evals.probe import run_probe
 from evals.zeroshot import (
     Classification,
     Retrieval,
@@ -46,7 +48,11 @@ def run_task(task: dict) -> dict:
     transform = getattr(model, "preprocess", None) or transform_for(cfg, train=False)
     tokenizer = getattr(model, "tokenizer", None) or tokenizer_for(cfg)
     batch_size, workers = task["batch_size"], task["workers"]
-    if entry["task"] == "zeroshot_classification":
+    if entry["task"] in PROBE_TASKS:  # image features only: eval tau plays no part
+        metrics = run_probe(model, entry, transform, batch_size, workers, device)
+        scorers, encoded = None, metrics["n"] + metrics["n_train"]
+        scored = [{"eval_tau": None, "metrics": metrics}]
+    elif entry["task"] == "zeroshot_classification":
         batches, classnames = classification_batches(entry, transform, batch_size, workers)
         text_emb = class_embeddings(model, tokenizer, classnames, entry["templates"], device,
                                     batch_size)
@@ -55,9 +61,10 @@ def run_task(task: dict) -> dict:
         captions, owner, batches = retrieval_data(entry, transform, batch_size, workers)
         text_emb = encode_texts(model, tokenizer, captions, batch_size, device)
         scorers = {tau: Retrieval(owner, device=device) for tau in taus}
-    encoded = score_images(model, batches, text_emb, scorers, device)
-    scored = [{"eval_tau": results.tau_key(tau), "metrics": scorer.result()}
-              for tau, scorer in scorers.items()]
+    if scorers is not None:
+        encoded = score_images(model, batches, text_emb, scorers, device)
+        scored = [{"eval_tau": results.tau_key(tau), "metrics": scorer.result()}
+                  for tau, scorer in scorers.items()]
     kept = existing["by_tau"] if existing else []
     by_tau = sorted(kept + [{**s, "value": s["metrics"][entry["metric"]]} for s in scored],
                     key=lambda e: (e["eval_tau"] is not None, e["eval_tau"] or 0))

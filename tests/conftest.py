@@ -39,9 +39,11 @@ def write_catalog(path, digits, changes=None):
     """The demo catalog pointed at test shards; `changes` (name -> entry) edit or break it."""
     from llip.io import read_json, write_json
     catalog = read_json(os.path.join(REPO, "config_evals", "demo_catalog.json"))
-    for entry in catalog.values():
-        if isinstance(entry, dict):
+    for name, entry in catalog.items():
+        if not name.startswith("_"):
             entry["path"] = digits["test"]
+            if "train_path" in entry:
+                entry["train_path"] = digits["train"]
     for name, entry in (changes or {}).items():
         catalog[name] = entry
     write_json(str(path), catalog)

@@ -12,6 +12,7 @@ import yaml
 
 from conftest import REPO, run_cli, write_catalog
 from evals.datasets import classification_batches
+from evals.probe import image_features
 from evals.results import checkpoint_id
 from evals.zeroshot import class_embeddings, classify
 from llip import run_dir as rd
@@ -87,6 +88,9 @@ def test_llip_with_identical_mixture_tokens_scores_like_clip(digits):
     with torch.no_grad():
         torch.testing.assert_close(llip.logits(*llip(images, tokens)),
                                    clip.logits(*clip(images, tokens)), atol=1e-5, rtol=1e-5)
+    # the probes' Llip feature (uniform mixture W_o mean_k v_k) is then CLIP's image embedding
+    torch.testing.assert_close(image_features(llip, images), image_features(clip, images),
+                               atol=1e-5, rtol=1e-5)
     results = [classify(m, _digits_batches(digits, llip_cfg),
                         class_embeddings(m, tokenizer, CLASSNAMES, EVAL_TEMPLATES))
                for m in (llip, clip)]

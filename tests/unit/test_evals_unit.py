@@ -58,7 +58,7 @@ def test_shipped_catalog_and_sweep_configs_are_valid(tmp_path):
     from evals.main_mc import load_sweep
     catalog = load_catalogs([DEFAULT_CATALOG])
     expected = {"imagenet1k": 1000, "cifar10": 10, "cifar100": 100, "food101": 101,
-                "fgvc_aircraft": 100, "dtd": 47, "pets": 37, "caltech101": 101,
+                "fgvc_aircraft": 100, "dtd": 47, "pets": 37, "caltech101": 102,
                 "flowers102": 102, "gtsrb": 43, "resisc45": 45, "voc2007": 20}
     for name, n in expected.items():
         assert len(catalog[name]["classnames"]) == n, name
