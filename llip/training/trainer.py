@@ -24,6 +24,7 @@ from llip.data.stream import (
 from llip.losses import contrastive_loss
 from llip.models import build_model
 from llip.training import checkpoint, dist
+from llip.training.accumulate import accumulate_gradients
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
@@ -148,12 +149,16 @@ def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> to
     device: reading it is left to the caller, so a step never forces a sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast:
-        image_emb, text_emb = model(images, tokens)
-        loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, world.rank,
-                                dist.gather_fn(world))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if cfg.accum_steps > 1:  # the same gradient, towers in micro-batches
+        loss = accumulate_gradients(model, cfg, images, tokens, autocast, world.rank,
+                                    dist.gather_fn(world))
+    else:
+        with autocast:
+            image_emb, text_emb = model(images, tokens)
+            loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, world.rank,
+                                    dist.gather_fn(world))
+        loss.backward()
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()
