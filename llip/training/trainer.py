@@ -8,16 +8,17 @@ sees the same batches and takes the same updates as a run that never stopped.
 import math
 import os
 import subprocess
-import time
 
 import torch
 
 from llip import run_dir as rd
+from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
     check_shards,
     expand_sources,
+    local_batch_size,
     stream_seed,
     with_dataset_size,
 )
@@ -28,6 +29,7 @@ from llip.training.accumulate import accumulate_gradients
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
+from llip.training.throughput import Meter, step_flops
 
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -47,15 +49,34 @@ def _scalar(param) -> float:
 
 
 def checked_for_training(cfg):
-    """Fail before any work on what a run cannot start without; size the data if needed."""
+    """Fail before any work on what a run cannot start without; size the data if needed.
+    For one process (e.g. the one submitting a job); the Trainer checks shards on one rank."""
     cfg.require_training_inputs()
     check_shards(expand_sources(cfg.train_data))
     return with_dataset_size(cfg)
 
 
+def check_shards_once(cfg, world) -> None:
+    """The main rank checks the local shards and every rank learns the verdict: at 41k shards x
+    128 ranks, a check per rank is a metadata storm on a parallel file system."""
+    error = None
+    if world.is_main:
+        try:
+            check_shards(expand_sources(cfg.train_data))
+        except ConfigError as exn:
+            error = exn
+    failed = dist.all_reduce_sum(torch.tensor([float(error is not None)], device=world.device))
+    if error is not None:
+        raise error
+    if failed.item():
+        raise ConfigError("shards are missing (the main rank's error names them): fix "
+                          "train_data or build the shards first")
+
+
 class Trainer:
     def __init__(self, cfg):
-        self.cfg = checked_for_training(cfg)
+        cfg.require_training_inputs()
+        self.cfg = with_dataset_size(cfg)
 
     def __call__(self) -> str:
         world = dist.setup()
@@ -67,6 +88,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def train(self, world) -> str:
         cfg, run_dir = self.cfg, rd.path_of(self.cfg)
+        local_batch = local_batch_size(cfg, world.size)  # before anything is written
+        check_shards_once(cfg, world)
+        flops = step_flops(cfg, local_batch, world.size) if world.is_main else 0
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = parallelize(build_model(cfg), cfg, world)
         optimizer = build_optimizer(model, cfg)
@@ -75,7 +99,8 @@ class Trainer:
             self._write_run_files(run_dir, start, world.size)
         logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
         try:
-            self._loop(run_dir, model, optimizer, world, start, logger)
+            with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver:
+                self._loop(model, optimizer, world, start, logger, saver, Meter(cfg, world, flops))
         finally:
             logger.close()
         return run_dir
@@ -108,40 +133,37 @@ class Trainer:
         return iter(loader)
 
     # ------------------------------------------------------------------ loop
-    def _loop(self, run_dir, model, optimizer, world, start, logger) -> None:
+    def _loop(self, model, optimizer, world, start, logger, saver, meter) -> None:
         cfg = self.cfg
         autocast = autocast_for(cfg, world)
         batches = self._stream(world, start)
         # Sums kept on the device and read only at log steps: no step waits for the host.
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
-        t_window = time.time()
         for step in range(start, cfg.total_steps):
-            images, tokens, skipped = next(batches)
+            images, tokens, counts = meter.next_batch(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
             loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, world)
-            skipped = skipped.to(world.device, torch.float64)
-            window.add(loss=loss, skipped_shards=skipped[0], skipped_samples=skipped[1],
-                       data_checksum=images.double().sum() + tokens.double().sum())
+            counts = counts.to(world.device, torch.float64)  # exact: every count is < 2^32
+            window.add(loss=loss, skipped_shards=counts[0], skipped_samples=counts[1],
+                       data_checksum=counts[2])
+            saver.poll()  # marks a finished background save complete; never blocks
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.total_steps:
-                elapsed, steps = time.time() - t_window, window.steps
+                steps = window.steps
                 metrics = window.reduce()
-                logger.log(done, {**metrics, "lr": lr,
+                rates, elapsed = meter.window(steps)
+                logger.log(done, {**metrics, **rates, "lr": lr,
                                   "logit_scale": _scalar(model.logit_scale),
                                   "samples_seen": done * cfg.batch_size},
-                           steps * cfg.batch_size / max(elapsed, 1e-9),
+                           steps * cfg.batch_size / elapsed,
                            (cfg.total_steps - done) * elapsed / steps)
-                t_window = time.time()
             if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)
-                path = checkpoint.save(run_dir, cfg, done, model, optimizer,
-                                       {"step": done, "samples_seen": done * cfg.batch_size},
-                                       world.is_main)
-                if world.is_main:
-                    print(f"checkpoint {path}", flush=True)
+                saver.save(done, model, optimizer,
+                           {"step": done, "samples_seen": done * cfg.batch_size})
 
 
 def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> torch.Tensor:
