@@ -76,9 +76,11 @@ class RunConfig:
     warmup_steps: int = 2000
     schedule: str = "cosine"
     grad_clip: float = 1.0  # max global grad norm; 0 disables
+    accum_steps: int = 1  # micro-batches per step; the contrastive loss stays the global batch's
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     grad_checkpointing: bool = False
     torch_compile: bool = False
+    peak_tflops: float = 0.0  # the device's peak for MFU; 0: from the table of known GPUs
 
     # --- scale (read by the SLURM launcher; the trainer uses whatever world it is given) ---
     nodes: int = 1
@@ -97,6 +99,7 @@ class RunConfig:
     # --- output ---
     logs: str = "./logs"
     checkpoint_every: int = 1000  # steps; the data stream is re-seeded at each checkpoint
+    checkpoint_async: bool = True  # training pauses only to copy the state to CPU memory
     keep_last: int = 3
     keep_every: int = 0  # steps; checkpoints at multiples are never pruned (0: none kept)
     log_every: int = 50
@@ -123,7 +126,7 @@ class RunConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("wandb_mode", self.wandb_mode, WANDB_MODES)
         for f in ("batch_size", "epochs", "mixture_tokens", "cross_attn_heads", "embed_dim",
-                  "checkpoint_every", "keep_last", "log_every", "llip_chunk"):
+                  "checkpoint_every", "keep_last", "log_every", "llip_chunk", "accum_steps"):
             if getattr(self, f) < 1:
                 raise ConfigError(f"{f}={getattr(self, f)} must be >= 1")
         if self.embed_dim % self.cross_attn_heads:
@@ -139,6 +142,8 @@ class RunConfig:
         if self.eval_every and not self.eval_datasets:
             raise ConfigError(f"eval_every={self.eval_every} needs eval_datasets, e.g. "
                               "eval_datasets=imagenet1k::coco_retrieval")
+        if self.peak_tflops < 0:
+            raise ConfigError(f"peak_tflops={self.peak_tflops} must be >= 0 (0: look it up)")
         if self.cross_attn_tau <= 0:
             raise ConfigError(f"cross_attn_tau={self.cross_attn_tau} must be > 0")
         n_sources = len(self.train_data.split("::")) if self.train_data else 0

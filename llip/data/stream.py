@@ -1,4 +1,4 @@
-"""WebDataset streaming for training: shard specs -> batches of (images, tokens, skipped).
+"""WebDataset streaming for training: shard specs -> batches of (images, tokens, counts).
 
 * A spec is brace-expanded; '::' joins sources, mixed by `train_data_weights`. Any fsspec URL
   works (webdataset opens `pipe:`, `file://`, s3://, gs:// ...); local paths are checked upfront.
@@ -8,12 +8,16 @@
   exact same batches, which is what makes resume exact.
 * Corrupt samples and unreadable shards are skipped with a warning and counted; every batch
   carries the counts since the previous batch of its worker, so the trainer can log exact totals.
+* Every batch also carries a 32-bit digest of its samples' keys and captions, computed in the
+  worker: a cheap fingerprint of which samples a step trained on (resume tests compare it step by
+  step), instead of reducing the pixels on the training device.
 """
 import dataclasses
 import hashlib
 import logging
 import os
 import random
+import zlib
 from urllib.parse import urlparse
 
 import braceexpand
@@ -48,12 +52,31 @@ def local_path(url: str):
 
 
 def check_shards(sources: list[list[str]]) -> None:
-    """Fail before training if local shards are missing (remote ones are checked when read)."""
+    """Fail before training if local shards are missing (remote ones are checked when read).
+    One stat per shard: the trainer calls it once per job, on the main rank only."""
     for urls in sources:
         missing = [u for u in urls if local_path(u) and not os.path.exists(local_path(u))]
         if missing:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")
+
+
+def local_batch_size(cfg, world_size: int) -> int:
+    """This rank's batch (batch_size is global), checked before a run writes anything."""
+    if cfg.batch_size % world_size:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the world size "
+                          f"{world_size}: pick a multiple")
+    local = cfg.batch_size // world_size
+    if local % cfg.accum_steps:
+        raise ConfigError(f"the per-rank batch {local} (batch_size={cfg.batch_size} over "
+                          f"{world_size} rank(s)) is not divisible by accum_steps="
+                          f"{cfg.accum_steps}: pick batch_size or accum_steps so that it is")
+    return local
+
+
+def sample_digest(key: str, caption: str) -> int:
+    """A stable 32-bit fingerprint of one training sample (crc32 of key and caption)."""
+    return zlib.crc32(f"{key}\0{caption}".encode())
 
 
 def manifest_samples(sources: list[list[str]]):
@@ -158,31 +181,35 @@ class ShardStream(torch.utils.data.IterableDataset):
             shards = _partitioned_shards(self.sources, random.Random(self.seed),
                                          self.rank * n_workers + worker,
                                          self.world_size * n_workers)
-        images, captions = [], []
-        for image, caption in decode_samples(shards, self.transform, self.shuffle_buffer, rng,
-                                             shard_errors, sample_errors):
+        images, captions, digest = [], [], 0
+        for image, caption, key in decode_samples(shards, self.transform, self.shuffle_buffer,
+                                                  rng, shard_errors, sample_errors):
             images.append(image)
             captions.append(caption)
+            digest = (digest + sample_digest(key, caption)) % 2 ** 32
             if len(images) == self.batch_size:
                 yield (torch.stack(images), self.tokenizer(captions),
-                       torch.tensor([shard_errors.take(), sample_errors.take()]))
-                images, captions = [], []
+                       torch.tensor([shard_errors.take(), sample_errors.take(), digest]))
+                images, captions, digest = [], [], 0
 
 
 def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
                    shard_errors: SkipCounter, sample_errors: SkipCounter):
-    """{"url": ...} dicts -> (image tensor, caption); every failure is counted and skipped."""
+    """{"url": ...} dicts -> (image tensor, caption, key); every failure is counted and
+    skipped."""
     samples = wds.tarfile_to_samples(handler=shard_errors)(shards)
     if shuffle_buffer > 1:
         samples = wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=rng)(samples)
     samples = wds.decode("pilrgb", handler=sample_errors)(samples)
-    for image, text in wds.to_tuple(IMAGE_KEYS, TEXT_KEYS, handler=sample_errors)(samples):
+    for key, image, text in wds.to_tuple("__key__", IMAGE_KEYS, TEXT_KEYS,
+                                         handler=sample_errors)(samples):
         try:
             captions = caption_list(text)
             if not captions:
                 raise ValueError("sample has no caption")
             # one caption: no draw, so the stream's RNG sequence does not depend on caption counts
-            item = transform(image), captions[0] if len(captions) == 1 else rng.choice(captions)
+            caption = captions[0] if len(captions) == 1 else rng.choice(captions)
+            item = transform(image), caption, key
         except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
             sample_errors(exn)
             continue
@@ -193,15 +220,13 @@ def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
 def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, transform,
                        tokenizer) -> torch.utils.data.DataLoader:
     """A DataLoader over the stream. Batches come round-robin from the workers (in order), so the
-    sequence of batches is a deterministic function of (config, world size, start_step)."""
+    sequence of batches is a deterministic function of (config, world size, start_step).
+    Shards are not checked here: the stream restarts at every checkpoint on every rank, and a
+    stat per shard per rank per restart is a metadata storm on a parallel file system."""
     sources = expand_sources(cfg.train_data)
-    check_shards(sources)
-    if cfg.batch_size % world_size:
-        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the world size "
-                          f"{world_size}: pick a multiple")
     dataset = ShardStream(
         sources, parse_weights(cfg.train_data_weights, len(sources)), transform, tokenizer,
-        cfg.batch_size // world_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+        local_batch_size(cfg, world_size), shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
         rank=world_rank, world_size=world_size, start_step=start_step,
         resampled=cfg.dataset_resampled)
     return torch.utils.data.DataLoader(

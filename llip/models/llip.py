@@ -82,6 +82,7 @@ class LlipHead(nn.Module):
         self.logit_bias = nn.Parameter(torch.full((1,), cfg.init_logit_bias))
         # Factored path wins while the HK x HK Gram is cheaper than D x D per pair.
         self.factored = self.heads * k <= d
+        self.recompute_blocks = True  # off only where memory does not matter (FLOP counting)
 
     def encode_image(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, K, W) mixture tokens -> (B, 2, K, D): per-token keys and values."""
@@ -106,7 +107,7 @@ class LlipHead(nn.Module):
         for start in range(0, text_qy.shape[0], self.chunk):
             q, y = text_qy[start: start + self.chunk].unbind(1)
             args = (keys, values, q, y, w_out, self.heads, tau)
-            if torch.is_grad_enabled():  # recompute the block in backward: memory stays bounded
+            if torch.is_grad_enabled() and self.recompute_blocks:  # recomputed in backward
                 blocks.append(checkpoint(fn, *args, use_reentrant=False))
             else:
                 blocks.append(fn(*args))

@@ -78,6 +78,11 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
+def new_cpu_group():
+    """A new gloo group of all ranks (a collective), or None without a process group."""
+    return dist.new_group(backend="gloo") if dist.is_initialized() else None
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Concatenate x from every rank along dim 0; backward sums each rank's gradient slices."""
     return funcol.all_gather_tensor_autograd(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
@@ -110,6 +115,13 @@ def all_gather(values: torch.Tensor) -> torch.Tensor:
     out = [torch.empty_like(values) for _ in range(dist.get_world_size())]
     dist.all_gather(out, values.contiguous())
     return torch.stack(out)
+
+
+def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values
 
 
 def barrier() -> None:

@@ -16,6 +16,7 @@ import torch
 from llip.io import atomic_write, read_text
 from llip.run_dir import metrics_path
 from llip.training import dist
+from llip.training.throughput import describe
 
 log = logging.getLogger("llip.train")
 
@@ -81,9 +82,10 @@ class MetricsLogger:
             if metrics["skipped_shards"] or metrics["skipped_samples"] else ""
         print(f"step {step}/{self.total} ({100 * step / self.total:.0f}%) | loss "
               f"{metrics['loss']:.4f} | lr {metrics['lr']:.2e} | {samples_per_s:,.0f} samples/s"
-              f" | ETA {_eta(eta_s)}{extra}", flush=True)
+              f"{describe(metrics)} | ETA {_eta(eta_s)}{extra}", flush=True)
         if self.wandb is not None:
-            self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            self.wandb.log({k: v for k, v in row.items() if k != "step" and v is not None},
+                           step=step)
 
     def log_eval(self, step: int, values: dict, summary: str) -> None:
         """One metrics.jsonl row of eval numbers (keys eval/<dataset>/<metric>) at `step`."""

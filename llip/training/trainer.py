@@ -8,27 +8,30 @@ sees the same batches and takes the same updates as a run that never stopped.
 import math
 import os
 import subprocess
-import time
 
 import torch
 
 from llip import run_dir as rd
+from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
     check_shards,
     expand_sources,
+    local_batch_size,
     stream_seed,
     with_dataset_size,
 )
 from llip.losses import contrastive_loss
 from llip.models.pretrained import check_init_from
 from llip.training import checkpoint, dist
+from llip.training.accumulate import accumulate_gradients
 from llip.training.evaluate import Evaluator, eval_entries
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.model_setup import build_for_training
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
+from llip.training.throughput import Meter, step_flops
 
 MAX_LOGIT_SCALE = math.log(100)
 
@@ -48,7 +51,8 @@ def _scalar(param) -> float:
 
 
 def checked_for_training(cfg):
-    """Fail before any work on what a run cannot start without; size the data if needed."""
+    """Fail before any work on what a run cannot start without; size the data if needed.
+    For one process (e.g. the one submitting a job); the Trainer checks shards on one rank."""
     cfg.require_training_inputs()
     check_init_from(cfg)
     check_shards(expand_sources(cfg.train_data))
@@ -56,9 +60,27 @@ def checked_for_training(cfg):
     return with_dataset_size(cfg)
 
 
+def check_shards_once(cfg, world) -> None:
+    """The main rank checks the local shards and every rank learns the verdict: at 41k shards x
+    128 ranks, a check per rank is a metadata storm on a parallel file system."""
+    error = None
+    if world.is_main:
+        try:
+            check_shards(expand_sources(cfg.train_data))
+        except ConfigError as exn:
+            error = exn
+    failed = dist.all_reduce_sum(torch.tensor([float(error is not None)], device=world.device))
+    if error is not None:
+        raise error
+    if failed.item():
+        raise ConfigError("shards are missing (the main rank's error names them): fix "
+                          "train_data or build the shards first")
+
+
 class Trainer:
     def __init__(self, cfg):
-        self.cfg = checked_for_training(cfg)
+        cfg.require_training_inputs()
+        self.cfg = with_dataset_size(cfg)
 
     def __call__(self) -> str:
         world = dist.setup()
@@ -70,6 +92,9 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def train(self, world) -> str:
         cfg, run_dir = self.cfg, rd.path_of(self.cfg)
+        local_batch = local_batch_size(cfg, world.size)  # before anything is written
+        check_shards_once(cfg, world)
+        flops = step_flops(cfg, local_batch, world.size) if world.is_main else 0
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = parallelize(build_for_training(cfg, run_dir, world.is_main), cfg, world)
         optimizer = build_optimizer(model, cfg)
@@ -78,7 +103,8 @@ class Trainer:
             self._write_run_files(run_dir, start, world.size)
         logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
         try:
-            self._loop(run_dir, model, optimizer, world, start, logger)
+            with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver:
+                self._loop(model, optimizer, world, start, logger, saver, Meter(cfg, world, flops))
         finally:
             logger.close()
         return run_dir
@@ -111,45 +137,41 @@ class Trainer:
         return iter(loader)
 
     # ------------------------------------------------------------------ loop
-    def _loop(self, run_dir, model, optimizer, world, start, logger) -> None:
+    def _loop(self, model, optimizer, world, start, logger, saver, meter) -> None:
         cfg = self.cfg
         autocast = autocast_for(cfg, world)
         batches = self._stream(world, start)
         # Sums kept on the device and read only at log steps: no step waits for the host.
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
-        t_window = time.time()
         evaluator = Evaluator(cfg, world)
         for step in range(start, cfg.total_steps):
-            images, tokens, skipped = next(batches)
+            images, tokens, counts = meter.next_batch(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
             loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, world)
-            skipped = skipped.to(world.device, torch.float64)
-            window.add(loss=loss, skipped_shards=skipped[0], skipped_samples=skipped[1],
-                       data_checksum=images.double().sum() + tokens.double().sum())
+            counts = counts.to(world.device, torch.float64)  # exact: every count is < 2^32
+            window.add(loss=loss, skipped_shards=counts[0], skipped_samples=counts[1],
+                       data_checksum=counts[2])
+            saver.poll()  # marks a finished background save complete; never blocks
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.total_steps:
-                elapsed, steps = time.time() - t_window, window.steps
+                steps = window.steps
                 metrics = window.reduce()
-                logger.log(done, {**metrics, "lr": lr,
+                rates, elapsed = meter.window(steps)
+                logger.log(done, {**metrics, **rates, "lr": lr,
                                   "logit_scale": _scalar(model.logit_scale),
                                   "samples_seen": done * cfg.batch_size},
-                           steps * cfg.batch_size / max(elapsed, 1e-9),
+                           steps * cfg.batch_size / elapsed,
                            (cfg.total_steps - done) * elapsed / steps)
-                t_window = time.time()
             if evaluator.due(done):  # before the checkpoint: a resume from it redoes no eval
-                t_eval = time.time()
-                logger.log_eval(done, *evaluator(model))
-                t_window += time.time() - t_eval  # eval time is not training throughput
+                with meter.paused():  # eval time is not training throughput
+                    logger.log_eval(done, *evaluator(model))
             if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)
-                path = checkpoint.save(run_dir, cfg, done, model, optimizer,
-                                       {"step": done, "samples_seen": done * cfg.batch_size},
-                                       world.is_main)
-                if world.is_main:
-                    print(f"checkpoint {path}", flush=True)
+                saver.save(done, model, optimizer,
+                           {"step": done, "samples_seen": done * cfg.batch_size})
 
 
 def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> torch.Tensor:
@@ -157,12 +179,16 @@ def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> to
     device: reading it is left to the caller, so a step never forces a sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    with autocast:
-        image_emb, text_emb = model(images, tokens)
-        loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, world.rank,
-                                dist.gather_fn(world))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if cfg.accum_steps > 1:  # the same gradient, towers in micro-batches
+        loss = accumulate_gradients(model, cfg, images, tokens, autocast, world.rank,
+                                    dist.gather_fn(world))
+    else:
+        with autocast:
+            image_emb, text_emb = model(images, tokens)
+            loss = contrastive_loss(cfg.loss, model, image_emb, text_emb, world.rank,
+                                    dist.gather_fn(world))
+        loss.backward()
     if cfg.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     optimizer.step()

@@ -59,6 +59,7 @@ def test_resume_after_kill_equals_straight_run(digits, tmp_path):
 
     a, b = _metrics(tmp_path / "straight"), _metrics(run_dir)
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, STEPS + 1))
+    assert len({r["data_checksum"] for r in a}) == STEPS  # a fingerprint of each step's samples
     for ra, rb in zip(a, b):  # the same batches, the same losses, step by step
         assert ra["data_checksum"] == rb["data_checksum"], ra["step"]
         assert abs(ra["loss"] - rb["loss"]) < 1e-6, ra["step"]
@@ -85,7 +86,11 @@ def test_checkpoints_are_atomic_kept_last_n_and_run_dir_is_complete(digits, tmp_
     rows = _metrics(run_dir)
     assert [r["step"] for r in rows] == [2, 4, 6]
     assert all(r["skipped_shards"] == 0 and r["samples_per_s"] > 0 for r in rows)
+    for r in rows:  # throughput accounting: one process on CPU, so no MFU
+        assert r["samples_per_s_per_rank"] == r["samples_per_s"] and r["tflops_per_rank"] > 0
+        assert r["mfu"] is None and 0 <= r["data_wait"] <= 1 and r["peak_mem_gib"] > 0
     assert "step 6/6 (100%)" in result.stdout and "ETA" in result.stdout
+    assert "TFLOP/s/rank" in result.stdout and "data wait" in result.stdout
     offline_runs = list((run_dir / "wandb").rglob("offline-run-*"))
     assert offline_runs, "wandb did not write an offline run inside the run dir"
 
@@ -122,25 +127,35 @@ def test_list_and_print():
 CRASH_DURING_SAVE = """
 import os, signal, sys
 import torch.distributed.checkpoint as dcp
-real_save = dcp.save
-def save_then_die(state, checkpoint_id):
-    real_save(state, checkpoint_id=checkpoint_id)
+real_save, real_async_save = dcp.save, dcp.async_save
+def die_if_step_4(checkpoint_id):
     if checkpoint_id.endswith("step_00000004.tmp"):  # files written, not yet marked complete
         os.kill(os.getpid(), signal.SIGKILL)
-dcp.save = save_then_die
+def save_then_die(state, checkpoint_id, **kwargs):
+    real_save(state, checkpoint_id=checkpoint_id, **kwargs)
+    die_if_step_4(checkpoint_id)
+def async_save_then_die(state, checkpoint_id, **kwargs):
+    future = real_async_save(state, checkpoint_id=checkpoint_id, **kwargs)
+    future.result()  # the background write is done: every file of the step is on disk
+    die_if_step_4(checkpoint_id)
+    return future
+dcp.save, dcp.async_save = save_then_die, async_save_then_die
 from llip.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path):
+@pytest.mark.parametrize("checkpoint_async", [True, False])
+def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path, checkpoint_async):
     """A process killed in the middle of writing a checkpoint (a fault provoked by wrapping
-    dcp.save, since a real kill cannot be timed into that window) leaves the previous checkpoint
-    as `latest`; the next launch resumes from it and finishes; the export loads weights_only."""
+    DCP's save, since a real kill cannot be timed into that window) leaves the previous
+    checkpoint as `latest`; the next launch resumes from it and finishes; the export loads
+    weights_only. Asynchronous saves (the default) and blocking ones alike."""
     args = ["llip_tiny", f"train_data={digits['train']}", f"logs={tmp_path}", "name=run",
-            "train_num_samples=96", "batch_size=16", "checkpoint_every=2", "workers=1"]
+            "train_num_samples=96", "batch_size=16", "checkpoint_every=2", "workers=1",
+            f"checkpoint_async={checkpoint_async}"]
     crashed = run_cli("-c", CRASH_DURING_SAVE, *args)
-    assert crashed.returncode == -9
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
     run_dir = tmp_path / "run"
     assert (run_dir / "checkpoints" / "step_00000004.tmp").exists()
     assert rd.latest(str(run_dir)).endswith("step_00000002")
@@ -149,7 +164,8 @@ def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path):
     resumed = run_cli("-m", "llip.main", *args)
     assert resumed.returncode == 0 and "at step 2" in resumed.stdout, resumed.stderr[-2000:]
     assert rd.latest(str(run_dir)).endswith("step_00000006")
-
+    if not checkpoint_async:
+        return  # the export is the same for both
     exported = run_cli("-m", "llip.training.export", str(run_dir), str(tmp_path / "m.pt"))
     assert exported.returncode == 0, exported.stderr
     blob = torch.load(tmp_path / "m.pt", weights_only=True)
@@ -158,6 +174,42 @@ def test_kill_during_save_keeps_previous_checkpoint(digits, tmp_path):
     assert step == 6 and cfg.name == "run"
     for name, value in rd.load_model(str(run_dir))[0].state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], value, atol=0, rtol=0)
+
+
+SIGTERM_DURING_SAVE = """
+import os, signal, sys, threading, time
+from concurrent.futures import Future
+import torch.distributed.checkpoint as dcp
+real_async_save = dcp.async_save
+def slow_async_save_then_sigterm(state, checkpoint_id, **kwargs):
+    inner = real_async_save(state, checkpoint_id=checkpoint_id, **kwargs)
+    if not checkpoint_id.endswith("step_00000004.tmp"):
+        return inner
+    slow = Future()  # SIGTERM 0.5 s after the save began, the write ends 1 s later
+    def sigterm_then_finish():
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+        slow.set_result(inner.result())
+    threading.Thread(target=sigterm_then_finish).start()
+    return slow
+dcp.async_save = slow_async_save_then_sigterm
+from llip.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_async_save_completes_it(digits, tmp_path):
+    """SIGTERM while a background save is in flight: the run stops, but only after that
+    checkpoint is written and marked complete."""
+    args = ["llip_tiny", f"train_data={digits['train']}", f"logs={tmp_path}", "name=run",
+            "train_num_samples=160", "batch_size=16", "checkpoint_every=2", "workers=1"]
+    stopped = run_cli("-c", SIGTERM_DURING_SAVE, *args)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    assert rd.latest(str(run_dir)).endswith("step_00000004")
+    assert not (run_dir / "checkpoints" / "step_00000004.tmp").exists()
+    assert not rd.is_complete(rd.checkpoint_dir(str(run_dir), 6))  # it stopped there
 
 
 def test_submit_cli_dry_run_and_no_slurm_errors(digits, tmp_path, monkeypatch):
@@ -186,3 +238,10 @@ def test_submit_cli_dry_run_and_no_slurm_errors(digits, tmp_path, monkeypatch):
     # sbatch's own line may pass through first; ours closes it, and there is no traceback
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
     assert lines[-1].startswith("error: sbatch failed: sbatch: error: Unable to contact slurm")
+
+
+def test_bad_batch_split_fails_before_writing_anything(digits, tmp_path):
+    result = run_cli("-m", "llip.main", "llip_tiny", f"train_data={digits['train']}",
+                     f"logs={tmp_path}", "name=run", "batch_size=16", "accum_steps=3")
+    assert result.returncode == 2 and "not divisible by accum_steps=3" in result.stderr
+    assert not (tmp_path / "run").exists()
