@@ -1,10 +1,11 @@
 """The `checkpoints:` entries of a sweep: validated, expanded into checkpoints, each described by
 what its result is keyed by (absolute path, step, id) and labelled by (run name, step).
 
-An entry is a string (a .pt export, a checkpoint dir, a run dir or a glob of those) or a mapping
-of one of the FORMS below. A new form (e.g. a published open_clip model) adds its fields to FORMS
-and a function to EXPANDERS that turns the entry into `Checkpoint`s; LOADERS maps a checkpoint's
-`kind` to the function that loads it for the runner.
+An entry is a string (an export, a released Llip file, a checkpoint dir, a run dir or a glob of
+those) or a mapping of one of the FORMS below: {path: ..., all: true} for every checkpoint of a
+run, {openclip: NAME, pretrained: PATH_OR_TAG} for an open_clip model. A new form adds its
+fields to FORMS and a function to EXPANDERS that turns an entry into `Checkpoint`s; LOADERS maps
+a checkpoint's `kind` to the function that loads it for the runner.
 """
 import dataclasses
 import glob
@@ -14,12 +15,13 @@ from evals.results import checkpoint_id
 from llip import run_dir as rd
 from llip.cli import ConfigError
 from llip.config import from_dict
-from llip.models import open_clip_format, pretrained
+from llip.models import open_clip_format
+from llip.models.pretrained import is_export, read_weights
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-    path: str  # absolute (or an open_clip subject "openclip:NAME@PRETRAINED")
+    path: str  # absolute (an open_clip model: its "openclip:NAME@PRETRAINED" spec)
     name: str  # the run name of its config
     step: int
     loss: str
@@ -57,7 +59,11 @@ def validate_entry(entry, where: str) -> dict:
     if len(form) != 1:
         raise ConfigError(f"{where}: checkpoints entry {entry!r} needs exactly one of "
                           f"{', '.join(FORMS)}")
-    fields = FORMS[form[0]]
+    return validate_form(entry, form[0], where)
+
+
+def validate_form(entry: dict, form: str, where: str) -> dict:
+    fields = FORMS[form]
     for key, value in entry.items():
         if key not in fields:
             raise ConfigError(f"{where}: checkpoints entry {entry!r}: unknown key '{key}' "
@@ -68,22 +74,23 @@ def validate_entry(entry, where: str) -> dict:
     missing = [k for k, (_, required) in fields.items() if required and k not in entry]
     if missing:
         raise ConfigError(f"{where}: checkpoints entry {entry!r} misses '{missing[0]}'")
-    return {"all": False, **entry}
+    return {"all": False, **entry} if form == "path" else dict(entry)
 
 
 def describe(path: str):
-    """A checkpoint path -> Checkpoint, or Unreadable with the reason (read without loading
-    weights: config.yaml and COMPLETE of a checkpoint dir, a memory-mapped .pt)."""
+    """A checkpoint path -> Checkpoint, or Unreadable with the reason. Cheap for our own
+    checkpoints (config.yaml and COMPLETE of a checkpoint dir, a memory-mapped export); a
+    foreign file (a released Llip checkpoint) is loaded once to learn its config."""
     path = os.path.abspath(path)
     try:
         if os.path.isfile(path):
-            blob = pretrained.read_weights(path)  # weights_only / safetensors: never runs code
-            if pretrained.is_export(blob):
+            blob = read_weights(path)  # weights_only / safetensors: never runs code
+            if is_export(blob):
                 cfg = from_dict(blob["config"])
-                return Checkpoint(path, cfg.name, int(blob["step"]), cfg.loss)
-            # a released Llip checkpoint: its config is the one its shapes match
-            cfg = pretrained.config_for(pretrained.state_dict_of(blob, path), path)
-            return Checkpoint(path, os.path.splitext(os.path.basename(path))[0], 0, cfg.loss)
+                return Checkpoint(path, cfg.name, int(blob.get("step", 0)), cfg.loss)
+            # a released Llip checkpoint: the loader's own answer for its config and step
+            _, cfg, step = rd.load_model(path, "cpu")
+            return Checkpoint(path, os.path.splitext(os.path.basename(path))[0], step, cfg.loss)
         cfg = rd.read_config(path)
         return Checkpoint(path, cfg.name, rd.step_of(path), cfg.loss)
     except (ConfigError, OSError, ValueError, KeyError, TypeError) as exn:
@@ -111,7 +118,8 @@ def _expand_path(entry) -> list:
 
 
 def _expand_openclip(entry) -> list:
-    """An open_clip model as an eval subject; unknown names or tags fail while planning."""
+    """{openclip: NAME, pretrained: PATH_OR_TAG}: an open_clip model, checked while planning
+    (an unknown name or tag is bad sweep input), loaded only by its tasks."""
     spec = open_clip_format.subject_spec(entry["openclip"], entry.get("pretrained", ""))
     return [Checkpoint(spec, open_clip_format.subject_tag(spec), 0, "clip", kind="openclip")]
 

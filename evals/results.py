@@ -22,7 +22,8 @@ _STEP_DIR = re.compile(r"^step_\d{8}$")
 
 
 def checkpoint_id(path: str, step) -> str:
-    return hashlib.sha256(f"{os.path.abspath(path)}\n{step}".encode()).hexdigest()[:10]
+    """`path`: absolute (or an open_clip spec), as the checkpoint's description gives it."""
+    return hashlib.sha256(f"{path}\n{step}".encode()).hexdigest()[:10]
 
 
 def result_path(output_dir: str, label: str, dataset: str, ckpt_id: str) -> str:

@@ -278,7 +278,7 @@ def test_each_failing_task_is_one_line_and_the_sweep_goes_on(trained_clip, digit
     assert "Traceback" not in result.stdout + result.stderr
     summary = result.stdout.split("4 failed:")[1].strip().splitlines()
     expected = [
-        (str(foreign), "fits no registered config"),
+        (str(foreign), "is neither an llip export"),
         ("clip_demo__step00000110__missing_image__", "1 of 2 images are missing"),
         ("clip_demo__step00000110__bad_template__", "template 'a {cls} digit {c}'"),
         ("clip_demo__step00000110__few_names__", "is outside the 5 class names"),

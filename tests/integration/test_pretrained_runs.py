@@ -71,9 +71,10 @@ def test_eval_sweep_lists_open_clip_models_beside_ours(digits, tmp_path):
     assert main(["--fname", str(tmp_path / "sweep.yaml")]) == 0
     wide = pd.read_csv(tmp_path / "out" / "results_wide.csv")
     assert sorted(wide["model"]) == ["clip_tiny", "openclip_tiny-sweep-clip_base"]
-    row = json.load(open(tmp_path / "out" / "results" /
-                         "openclip_tiny-sweep-clip_base__digits.json"))
-    assert row["n"] == 360 and row["loss"] == "clip" and 0 <= row["value"] <= 1
+    [path] = (tmp_path / "out" / "results").glob(
+        "openclip_tiny-sweep-clip_base__step00000000__digits__*.json")
+    row = json.load(open(path))
+    assert row["n"] == 360 and row["loss"] == "clip" and 0 <= row["by_tau"][0]["value"] <= 1
 
     sweep["checkpoints"] = [{"openclip": "ViT-Q-99", "pretrained": "x"}]
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(sweep))

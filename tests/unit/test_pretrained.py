@@ -128,6 +128,14 @@ def test_released_llip_file_loads_with_equal_scores(tmp_path):
     assert not torch.allclose(_scores(ours, cfg)[2], _scores(wrong, cfg)[2], atol=1e-3)
 
 
+def test_released_llip_file_is_planned_in_a_sweep_at_the_step_its_loader_gives(tmp_path):
+    from evals.checkpoints import describe
+    path = write_released(build_model(get_config("llip_tiny")).eval(), tmp_path / "released.pt")
+    ckpt = describe(path)  # the runner refuses a checkpoint whose step changed since planning
+    assert (ckpt.name, ckpt.loss, ckpt.step) == ("released", "llip", load_model(path)[2])
+    assert ckpt.step == 32 * get_config("llip_tiny").steps_per_epoch
+
+
 def test_released_llip_with_qkv_norms_and_plain_names(tmp_path):
     cfg = dataclasses.replace(get_config("llip_tiny"), cross_attn_qkv_norm=True,
                               mixture_tokens=1)
