@@ -27,7 +27,7 @@ def tables(results: list[dict]):
     for r in results:
         tau = "" if r.get("eval_tau") is None else f"{r['eval_tau']:g}"
         for metric, value in r["metrics"].items():
-            if metric not in ("n", "n_captions"):
+            if metric != "n" and not metric.startswith("n_"):  # counts, not metrics
                 rows.append({"model": r["model"], "step": r["step"], "eval_tau": tau,
                              "dataset": r["dataset"], "task": r["task"], "metric": metric,
                              "value": value, "main": metric == r["metric"], "n": r["n"]})

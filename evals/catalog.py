@@ -2,7 +2,8 @@
 entry is one line naming the catalog, the dataset, the field and the fix.
 
 Entry fields:
-  task        zeroshot_classification | retrieval
+  task        zeroshot_classification | retrieval | multiple_choice | multilabel
+              (the last two read per-image labels from `label_key`: see evals/multilabel.py)
   format      wds | imagefolder | filelist | json
   path        shard spec (wds), folder (imagefolder), CSV/TSV (filelist), JSON file (json);
               ${VAR} and ${VAR:-default} are expanded from the environment
@@ -12,7 +13,8 @@ Entry fields:
   templates   (classification) a list or a file of prompts with {c}, or
               "open_clip:openai_imagenet" / "open_clip:simple_imagenet"
   metric      the main metric: acc1 | acc5 | mean_per_class_recall | image_retrieval_recall@k |
-              text_retrieval_recall@k (k in 1, 5, 10)
+              text_retrieval_recall@k (k in 1, 5, 10); multiple_choice: acc1;
+              multilabel: mAP | image_mAP
   optional    image_root (json, filelist), image_key, label_key, caption_key, separator
 """
 import json
@@ -22,11 +24,15 @@ import re
 from llip.cli import ConfigError
 from llip.io import read_json, read_text
 
-TASKS = ("zeroshot_classification", "retrieval")
+TASKS = ("zeroshot_classification", "retrieval", "multiple_choice", "multilabel")
 FORMATS = ("wds", "imagefolder", "filelist", "json")
 CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}"
                           for d in ("image", "text") for k in (1, 5, 10))
+METRICS = {"zeroshot_classification": CLASSIFICATION_METRICS,
+           "retrieval": RETRIEVAL_METRICS, "multiple_choice": ("acc1",),
+           "multilabel": ("mAP", "image_mAP")}
+NEEDS_PROMPTS = ("zeroshot_classification", "multilabel")  # classnames + templates
 OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -80,7 +86,7 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
     if entry["format"] not in FORMATS:
         raise ConfigError(f"{where}: format {entry['format']!r} must be one of "
                           f"{', '.join(FORMATS)}")
-    metrics = CLASSIFICATION_METRICS if entry["task"] == TASKS[0] else RETRIEVAL_METRICS
+    metrics = METRICS[entry["task"]]
     if entry["metric"] not in metrics:
         raise ConfigError(f"{where}: metric {entry['metric']!r} for {entry['task']} must be one "
                           f"of {', '.join(metrics)}")
@@ -92,10 +98,14 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
     out = {**entry, "name": name, "path": expand(entry["path"])}
     if "image_root" in out:
         out["image_root"] = expand(out["image_root"])
-    if entry["task"] == "zeroshot_classification":
+    if entry["task"] in ("multiple_choice", "multilabel") and "label_key" not in entry:
+        raise ConfigError(f"{where}: missing field 'label_key' (the member holding each "
+                          f"image's labels, needed for {entry['task']})")
+    if entry["task"] in NEEDS_PROMPTS:
         for field in ("classnames", "templates"):
             if field not in entry:
-                raise ConfigError(f"{where}: missing field '{field}' (needed for classification)")
+                raise ConfigError(f"{where}: missing field '{field}' (needed for "
+                                  f"{entry['task']})")
         out["classnames"] = _string_list(entry["classnames"], "classnames", where, base_dir,
                                          allow_folder=entry["format"] == "imagefolder")
         out["templates"] = _string_list(entry["templates"], "templates", where, base_dir)

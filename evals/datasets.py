@@ -99,6 +99,30 @@ def classification_batches(entry, transform, batch_size: int, workers: int):
     return _loader(items, transform, batch_size, workers), names
 
 
+# ------------------------------------------------------------ per-image annotations
+def annotated_batches(entry, transform, batch_size: int, workers: int):
+    """(images, [annotation of each image]) with the annotation a JSON value read from member
+    `label_key` (wds) or field `label_key` of each row (json: [{image, <label_key>}, ...])."""
+    label_key = entry.get("label_key")
+    if not label_key:
+        raise ConfigError(f"dataset '{entry['name']}': {entry['task']} needs 'label_key', the "
+                          "member (wds) or field (json) holding each image's labels")
+    if entry["format"] == "wds":
+        pipeline = (_wds(entry).decode("pilrgb").to_tuple(IMAGE_KEYS, label_key)
+                    .map_tuple(transform, lambda x: x).batched(batch_size, collation_fn=None))
+        loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=0)
+        return ((torch.stack([x for x, _ in batch]), [y for _, y in batch]) for batch in loader)
+    if entry["format"] == "json":
+        _require(entry["path"], entry)
+        rows = read_json(entry["path"])
+        image_key = entry.get("image_key", "image")
+        items = [(_resolve_image(entry, r[image_key]), i) for i, r in enumerate(rows)]
+        return ((images, [rows[i][label_key] for i in index.tolist()])
+                for images, index in _loader(items, transform, batch_size, workers))
+    raise ConfigError(f"dataset '{entry['name']}': {entry['task']} reads format wds or json, "
+                      f"not {entry['format']}")
+
+
 # ------------------------------------------------------------ retrieval
 def retrieval_data(entry, transform, batch_size: int, workers: int):
     """-> (captions, caption_image_index, batches of (images, image indices))."""

@@ -7,6 +7,7 @@ import time
 import torch
 
 from evals.datasets import classification_batches, retrieval_data
+from evals.multilabel import PER_IMAGE_TASKS, evaluate_per_image
 from evals.zeroshot import class_embeddings, classify, encode_texts, retrieve
 from llip.data import tokenizer_for, transform_for
 from llip.io import read_json, write_json
@@ -32,6 +33,9 @@ def run_task(task: dict) -> dict:
                                                      task["workers"])
         metrics = classify(model, batches, class_embeddings(
             model, tokenizer, classnames, entry["templates"], device), device, tau)
+    elif entry["task"] in PER_IMAGE_TASKS:
+        metrics = evaluate_per_image(model, entry, transform, tokenizer, task["batch_size"],
+                                     task["workers"], device, tau)
     else:
         captions, owner, batches = retrieval_data(entry, transform, task["batch_size"],
                                                   task["workers"])

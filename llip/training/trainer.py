@@ -45,6 +45,12 @@ def _scalar(param) -> float:
     return float(param.full_tensor() if hasattr(param, "full_tensor") else param)
 
 
+def _logit_bias(model) -> dict:
+    """{"logit_bias": b} for the sigmoid-loss models (SigLIP, Llip), {} for CLIP."""
+    bias = getattr(model, "logit_bias", None)
+    return {} if bias is None else {"logit_bias": _scalar(bias)}
+
+
 def checked_for_training(cfg):
     """Fail before any work on what a run cannot start without; size the data if needed."""
     cfg.require_training_inputs()
@@ -129,6 +135,7 @@ class Trainer:
                 metrics = window.reduce()
                 logger.log(done, {**metrics, "lr": lr,
                                   "logit_scale": _scalar(model.logit_scale),
+                                  **_logit_bias(model),
                                   "samples_seen": done * cfg.batch_size},
                            steps * cfg.batch_size / max(elapsed, 1e-9),
                            (cfg.total_steps - done) * elapsed / steps)
