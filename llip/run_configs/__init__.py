@@ -4,7 +4,7 @@ import dataclasses
 
 from llip.cli import ConfigError, apply_overrides, closest
 from llip.config import RunConfig
-from llip.run_configs import baselines, llip_paper, small  # noqa: F401  (registers configs)
+from llip.run_configs import baselines, llip_paper, scenes, small  # noqa: F401  (registers)
 from llip.run_configs.registry import REGISTRY
 
 
