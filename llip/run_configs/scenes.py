@@ -17,7 +17,7 @@ from llip.config import RunConfig
 from llip.run_configs.registry import register
 from llip.run_configs.small import TINY
 
-STEPS, BATCH = 400, 128
+STEPS, BATCH = 800, 64
 SCENES = dataclasses.replace(
     TINY, train_data="data/scenes/train-{000000..000009}.tar",
     train_num_samples=STEPS * BATCH, epochs=1, batch_size=BATCH, warmup_steps=40,
