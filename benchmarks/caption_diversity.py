@@ -1,81 +1,312 @@
-"""The paper's claim in miniature: with captions that each describe one random aspect of an
-image (shape, colour or position), does Llip's caption-contextualised image embedding beat
-CLIP and SigLIP's single embedding? Trains clip_tiny, siglip_tiny and llip_tiny for equal steps
-on llip.data.attributes, several seeds each, evaluates every run through evals.main_mc (one
-zero-shot task per attribute) and prints mean +- std.
+"""The paper's claim in miniature: when each image holds several objects and each caption names
+only one or two of them, does Llip's caption-contextualised image embedding beat the single
+embedding of CLIP and SigLIP at binding colour to shape?
 
-    python benchmarks/caption_diversity.py [--seeds 3] [--epochs 2] [--out results/diversity]
-    python benchmarks/caption_diversity.py --extra mixture_tokens=16 cross_attn_tau=1  # ablations
-    python benchmarks/caption_diversity.py --epochs 6 --tag e6 --seeds 2 --losses siglip,llip
+Trains clip_scenes, siglip_scenes, llip_scenes and the mechanism control llip_scenes_zero_query
+(Llip with the query zeroed: uniform attention, same parameters and compute) for equal steps on
+llip.data.scenes, several seeds each; evaluates every checkpoint (learning curves) through
+evals.main_mc on the test split (bind_colour, bind_shape: 6-way per object; presence: mAP over
+the 36 single-object prompts); measures Llip's attention (evals.attention); prints mean +- std
+over seeds, the per-seed numbers and the acceptance verdict (paired by seed).
+
+    python benchmarks/caption_diversity.py                  # scenes, 4 variants x 3 seeds
+    python benchmarks/caption_diversity.py --sweep 1e-3,2e-3,4e-3 --seeds 1   # lr, validation
+    python benchmarks/caption_diversity.py --task attributes  # negative control (parity)
+
+Everything goes to results/<task>/ (runs, eval JSON, summary.md, summary.json) and is reused:
+an interrupted benchmark continues where it stopped; change --out when changing --steps.
 """
 import argparse
+import concurrent.futures
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pandas as pd
+import torch
+import webdataset as wds
 import yaml
 
 from evals.aggregate import read_results
-from llip.data.attributes import build
+from evals.attention import attention_stats
+from evals.catalog import load_catalogs
+from llip import run_dir as rd
+from llip.data import IMAGE_KEYS, tokenizer_for, transform_for
+from llip.data.stream import expand_sources
+from llip.io import atomic_write, read_text, write_json
+from llip.run_configs import get_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = {"clip": "clip_scenes", "siglip": "siglip_scenes", "llip": "llip_scenes",
+            "control": "llip_scenes_zero_query"}
+BASELINES = ("clip", "siglip")
+# Acceptance, fixed before any run: Llip vs each baseline on bind_shape and presence, paired by
+# seed: mean gain >= 2 points and > 2 standard errors; bind_colour: mean loss <= 1 point; the
+# control >= 10 points below Llip on the average of the three tasks; attention "selective".
+MIN_GAIN, MIN_Z, MAX_COLOUR_LOSS, MIN_CONTROL_GAP = 0.02, 2.0, 0.01, 0.10
+GAIN_TASKS = ("bind_shape", "presence")
 
-LOSSES = ("clip", "siglip", "llip")
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=("scenes", "attributes"), default="scenes")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=0, help="0: the configs' steps")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--sweep", default="", help="comma-separated lrs: runs every variant at each "
+                   "(seeds 100+), evaluates the final checkpoints on the validation split")
+    p.add_argument("--parallel", type=int, default=2, help="runs (and eval groups) at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--out", default="")
+    return p.parse_args(argv)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train", type=int, default=20000)
-    parser.add_argument("--out", default=os.path.join(REPO, "results", "diversity"))
-    parser.add_argument("--extra", nargs="*", default=[], help="overrides for the llip runs")
-    parser.add_argument("--losses", default=",".join(LOSSES))
-    parser.add_argument("--tag", default="", help="suffix of every run name (e.g. e6)")
-    args = parser.parse_args()
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    specs = build(os.path.join(args.out, "data"), args.train)
-    logs = os.path.join(args.out, "runs")
-    tag = "_".join(x.replace("=", "") for x in args.extra)
+# ------------------------------------------------------------------ data, runs, evals
+def build_data(task: str, out: str) -> dict:
+    if task == "scenes":
+        from llip.data.scenes import build
+        specs = build(os.path.join(out, "data"))
+        return {"train": specs["train"], "test": specs["catalog_test"],
+                "validation": specs["catalog_validation"]}
+    from llip.data.attributes import build
+    specs = build(os.path.join(out, "data"))
+    return {"train": specs["train"], "test": specs["catalog"], "validation": specs["catalog"]}
+
+
+def plan(args, data: dict, logs: str) -> list[dict]:
+    lrs = [float(x) for x in args.sweep.split(",")] if args.sweep else [None]
+    seeds = range(100, 100 + args.seeds) if args.sweep else range(args.seeds)
     runs = []
-    for seed in range(args.seeds):
-        for loss in args.losses.split(","):
-            name = f"{loss}_s{seed}" + (f"_{tag}" if tag and loss == "llip" else "") + \
-                (f"_{args.tag}" if args.tag else "")
-            runs.append(os.path.join(logs, name))
-            if os.path.exists(os.path.join(logs, name, "checkpoints")):
-                continue  # resumable: a finished run resumes at its end and stops at once
-            overrides = [f"train_data={specs['train']}", f"logs={logs}", f"name={name}",
-                         f"seed={seed}", f"train_num_samples={args.train}",
-                         f"epochs={args.epochs}", "batch_size=128", "lr=2e-3",
-                         "warmup_steps=30", "workers=2", "log_every=100",
-                         "checkpoint_every=100000", "wandb_mode=disabled"]
-            if loss == "llip":
-                overrides += args.extra
-            print(f"training {name}", flush=True)
-            subprocess.run([sys.executable, "-m", "llip.main", f"{loss}_tiny", *overrides],
-                           cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-    sweep = {"checkpoints": runs, "catalogs": [specs["catalog"]], "datasets": "all",
-             "batch_size": 250, "workers": 0, "output_dir": os.path.join(args.out, "evals"),
-             "launcher": "local"}
-    fname = os.path.join(args.out, "sweep.yaml")
-    with open(fname, "w") as f:
-        yaml.safe_dump(sweep, f)
-    subprocess.run([sys.executable, "-m", "evals.main_mc", "--fname", fname], cwd=REPO,
-                   env=env, check=True, stdout=subprocess.DEVNULL)
-    rows = pd.DataFrame([{"run": r["model"], "loss": r["loss"], "dataset": r["dataset"],
-                          "acc1": r["value"]} for r in read_results(sweep["output_dir"])])
-    rows["variant"] = rows["run"].str.replace(r"_s\d+", "", regex=True)
-    per_run = rows.pivot_table(index=["variant", "run"], columns="dataset", values="acc1")
-    per_run["average"] = per_run.mean(axis=1)
-    summary = per_run.groupby("variant").agg(["mean", "std"])
-    table = pd.DataFrame({col: [f"{m:.3f} +- {s:.3f}" for m, s in
-                                zip(summary[(col, "mean")], summary[(col, "std")])]
-                          for col in per_run.columns}, index=summary.index)
-    print(f"zero-shot top-1 per attribute (chance 0.25), {args.seeds} seeds, "
-          f"{args.epochs} epochs of {args.train} samples, batch 128\n")
-    print(table.to_markdown())
+    for seed in seeds:
+        for variant in args.variants.split(","):
+            config = get_config(VARIANTS[variant])
+            steps = args.steps or config.total_steps
+            for lr in lrs:
+                name = f"{variant}_s{seed}" if lr is None else f"{variant}_lr{lr:g}_s{seed}"
+                overrides = [f"train_data={data['train']}", f"seed={seed}", f"logs={logs}",
+                             f"name={name}", f"train_num_samples={steps * config.batch_size}",
+                             "epochs=1", f"checkpoint_every={max(1, steps // 4)}", "keep_last=4"]
+                if lr is not None:
+                    overrides.append(f"lr={lr}")
+                runs.append({"name": name, "variant": variant, "seed": seed, "steps": steps,
+                             "lr": lr if lr is not None else config.lr, "config": config.name,
+                             "overrides": overrides, "dir": os.path.join(logs, name)})
+    return runs
+
+
+def train(run: dict, threads: int) -> float:
+    """One run through the normal CLI; a finished run is kept (resumable benchmark)."""
+    path = rd.latest(run["dir"])
+    if path is not None and rd.step_of(path) == run["steps"]:
+        return 0.0
+    start = time.time()
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
+    log = run["dir"] + ".log"
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as f:
+        code = subprocess.run([sys.executable, "-m", "llip.main", run["config"],
+                               *run["overrides"]], cwd=REPO, env=env, stdout=f,
+                              stderr=subprocess.STDOUT).returncode
+    if code:
+        raise SystemExit(f"training {run['name']} failed (exit {code}): see {log}")
+    print(f"trained {run['name']} ({run['steps']} steps) in {time.time() - start:.0f}s",
+          flush=True)
+    return time.time() - start
+
+
+def evaluate(runs, catalog: str, out: str, every_checkpoint: bool, parallel: int) -> None:
+    """evals.main_mc over the runs, split into `parallel` groups (one process each)."""
+    groups = [runs[i::parallel] for i in range(parallel) if runs[i::parallel]]
+
+    def one(i_group):
+        i, group = i_group
+        sweep = {"checkpoints": [{"path": r["dir"], "all": True} if every_checkpoint
+                                 else r["dir"] for r in group],
+                 "catalogs": [catalog], "datasets": "all", "batch_size": 500, "workers": 0,
+                 "output_dir": os.path.join(out, f"group{i}"), "launcher": "local"}
+        fname = os.path.join(out, f"sweep{i}.yaml")
+        os.makedirs(out, exist_ok=True)
+        atomic_write(fname, yaml.safe_dump(sweep))
+        with open(os.path.join(out, f"main_mc{i}.log"), "w") as f:
+            code = subprocess.run([sys.executable, "-m", "evals.main_mc", "--fname", fname],
+                                  cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                                  stdout=f, stderr=subprocess.STDOUT).returncode
+        if code:
+            raise SystemExit(f"evals failed (exit {code}): see {out}/main_mc{i}.log")
+
+    with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
+        list(pool.map(one, enumerate(groups)))
+
+
+def results_frame(runs, out: str) -> pd.DataFrame:
+    by_name = {r["name"]: r for r in runs}
+    rows = []
+    for group in sorted(os.listdir(out)):
+        if group.startswith("group"):
+            for r in read_results(os.path.join(out, group)):
+                if r["model"] in by_name:
+                    run = by_name[r["model"]]
+                    rows.append({"variant": run["variant"], "seed": run["seed"],
+                                 "lr": run["lr"], "step": r["step"], "dataset": r["dataset"],
+                                 "value": r["value"]})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------ diagnostics
+def last_metrics(run: dict) -> dict:
+    lines = [json.loads(x) for x in read_text(rd.metrics_path(run["dir"])).splitlines() if x]
+    return {k: lines[-1].get(k) for k in ("logit_scale", "logit_bias", "loss")}
+
+
+def prompts_of(catalog: dict) -> list[str]:
+    return [e["templates"][0].format(c=c) for e in catalog.values()
+            if isinstance(e.get("classnames"), list) for c in e["classnames"]]
+
+
+def test_images(catalog: dict, transform, n: int = 500):
+    entry = next(iter(catalog.values()))
+    urls = [u for s in expand_sources(entry["path"]) for u in s]
+    images = []
+    for (image,) in wds.WebDataset(urls, shardshuffle=False, empty_check=False) \
+            .decode("pilrgb").to_tuple(IMAGE_KEYS):
+        images.append(transform(image))
+        if len(images) == n:
+            break
+    return [torch.stack(images[i: i + 250]) for i in range(0, len(images), 250)]
+
+
+def attention(run: dict, catalog_path: str) -> dict:
+    torch.set_num_threads(1)
+    model, cfg, _ = rd.load_model(rd.latest(run["dir"]))
+    catalog = load_catalogs([catalog_path])
+    return attention_stats(model, tokenizer_for(cfg), test_images(catalog, transform_for(
+        cfg, False)), prompts_of(catalog))
+
+
+# ------------------------------------------------------------------ tables and verdict
+def mean_std(table: pd.DataFrame) -> pd.DataFrame:
+    g = table.groupby("variant")
+    return pd.DataFrame({c: [f"{m:.3f} +- {s:.3f}" for m, s in zip(g[c].mean(), g[c].std())]
+                         for c in table.columns if c not in ("variant", "seed")},
+                        index=g[table.columns[2]].mean().index)
+
+
+def paired(per_seed: pd.DataFrame, a: str, b: str, column: str) -> tuple[float, float, int]:
+    """Mean of a - b over the seeds both have, its standard error, and the number of pairs."""
+    x = per_seed[per_seed.variant == a].set_index("seed")[column]
+    y = per_seed[per_seed.variant == b].set_index("seed")[column]
+    d = (x - y).dropna()
+    se = float(d.std() / len(d) ** 0.5) if len(d) > 1 else float("nan")
+    return float(d.mean()), se, len(d)
+
+
+def verdict(per_seed: pd.DataFrame, attn: dict) -> tuple[list[str], bool]:
+    lines, ok = [], True
+    for base in BASELINES:
+        for task in GAIN_TASKS:
+            m, se, n = paired(per_seed, "llip", base, task)
+            passed = m >= MIN_GAIN and m > MIN_Z * se
+            ok &= passed
+            lines.append(f"llip - {base} on {task}: {100 * m:+.1f} points, SE {100 * se:.1f} "
+                         f"({n} seeds): {'PASS' if passed else 'FAIL'} (need >= "
+                         f"{100 * MIN_GAIN:.0f} and > {MIN_Z:g} SE)")
+        m, se, n = paired(per_seed, "llip", base, "bind_colour")
+        passed = m >= -MAX_COLOUR_LOSS
+        ok &= passed
+        lines.append(f"llip - {base} on bind_colour: {100 * m:+.1f} points, SE {100 * se:.1f}: "
+                     f"{'PASS' if passed else 'FAIL'} (need >= -{100 * MAX_COLOUR_LOSS:.0f})")
+    m, se, n = paired(per_seed, "llip", "control", "average")
+    passed = m >= MIN_CONTROL_GAP
+    ok &= passed
+    lines.append(f"llip - control (query zeroed) on the average: {100 * m:+.1f} points, SE "
+                 f"{100 * se:.1f}: {'PASS' if passed else 'FAIL'} (need >= "
+                 f"{100 * MIN_CONTROL_GAP:.0f})")
+    kinds = [a["verdict"] for (variant, _), a in attn.items() if variant == "llip"]
+    passed = bool(kinds) and all(k == "selective" for k in kinds)
+    ok &= passed
+    lines.append(f"llip attention per seed: {', '.join(kinds)}: "
+                 f"{'PASS' if passed else 'FAIL'} (need selective: neither uniform nor "
+                 "collapsed)")
+    lines.append(f"ACCEPTANCE: {'MET' if ok else 'NOT MET'}")
+    return lines, ok
+
+
+def report(args, runs, frame: pd.DataFrame, attn: dict, timing: dict) -> str:
+    out = []
+    final = frame[frame.step == frame.groupby(["variant", "seed"]).step.transform("max")]
+    per_seed = final.pivot_table(index=["variant", "seed"], columns="dataset",
+                                 values="value").reset_index()
+    per_seed["average"] = per_seed.drop(columns=["variant", "seed"]).mean(axis=1)
+    extra = pd.DataFrame([{"variant": r["variant"], "seed": r["seed"], "lr": r["lr"],
+                           **last_metrics(r)} for r in runs])
+    per_seed = per_seed.merge(extra, on=["variant", "seed"])
+    for (variant, seed), a in attn.items():
+        mask = (per_seed.variant == variant) & (per_seed.seed == seed)
+        per_seed.loc[mask, "attn_entropy"] = a["entropy"]
+        per_seed.loc[mask, "attn_spread"] = a["spread"]
+    steps = runs[0]["steps"]
+    out.append(f"## {args.task}: {args.seeds} seeds, {steps} steps of batch "
+               f"{get_config(runs[0]['config']).batch_size} for every variant "
+               f"(test split; mean +- std over seeds)\n")
+    tasks = sorted(frame.dataset.unique()) + ["average"]
+    out.append(mean_std(per_seed[["variant", "seed", *tasks]]).to_markdown())
+    out.append("\nper seed (final checkpoint):\n")
+    cols = ["variant", "seed", "lr", *tasks, "logit_scale", "logit_bias"] + \
+        [c for c in ("attn_entropy", "attn_spread") if c in per_seed]
+    out.append(per_seed[cols].to_markdown(index=False, floatfmt=".3f"))
+    out.append("\nlearning curves (mean over seeds):\n")
+    curve = frame.pivot_table(index=["dataset", "variant"], columns="step", values="value")
+    out.append(curve.to_markdown(floatfmt=".3f"))
+    ok = None
+    if args.task == "scenes" and {"llip", "control", *BASELINES} <= set(per_seed.variant):
+        lines, ok = verdict(per_seed, attn)
+        out.append("\nacceptance (paired by seed):\n")
+        out.extend(f"- {x}" for x in lines)
+    out.append(f"\ntime: train {timing['train']:.0f}s, evals {timing['evals']:.0f}s, total "
+               f"{timing['total']:.0f}s; load average {timing['load_start']:.1f} at start, "
+               f"{timing['load_end']:.1f} at end ({os.cpu_count()} cores)")
+    write_json(os.path.join(args.out, "summary.json"), {
+        "per_seed": per_seed.to_dict("records"), "curves": frame.to_dict("records"),
+        "attention": {f"{v}_s{s}": a for (v, s), a in attn.items()}, "accepted": ok,
+        "timing": timing}, indent=1)
+    return "\n".join(out)
+
+
+def sweep_report(frame: pd.DataFrame) -> str:
+    table = frame.pivot_table(index=["variant", "lr"], columns="dataset", values="value")
+    table["average"] = table.mean(axis=1)
+    best = table["average"].groupby("variant").idxmax()
+    return (table.to_markdown(floatfmt=".3f") + "\n\nbest lr on validation (average): " +
+            ", ".join(f"{v} {lr:g}" for v, (_, lr) in best.items()))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    args.out = args.out or os.path.join(REPO, "results", args.task + ("_sweep" if args.sweep
+                                                                       else ""))
+    t0, load0 = time.time(), os.getloadavg()[0]
+    data = build_data(args.task, args.out)
+    runs = plan(args, data, os.path.join(args.out, "runs"))
+    print(f"{len(runs)} runs, {args.parallel} at a time, output in {args.out}", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+        list(pool.map(lambda r: train(r, args.threads), runs))
+    t_train = time.time()
+    split = "validation" if args.sweep else "test"
+    evaluate(runs, data[split], os.path.join(args.out, f"evals_{split}"),
+             every_checkpoint=not args.sweep, parallel=args.parallel)
+    frame = results_frame(runs, os.path.join(args.out, f"evals_{split}"))
+    if args.sweep:
+        print(sweep_report(frame))
+        return
+    attn = {(r["variant"], r["seed"]): attention(r, data["test"]) for r in runs
+            if get_config(r["config"]).loss == "llip"}
+    timing = {"train": t_train - t0, "evals": time.time() - t_train,
+              "total": time.time() - t0, "load_start": load0, "load_end": os.getloadavg()[0]}
+    text = report(args, runs, frame, attn, timing)
+    atomic_write(os.path.join(args.out, "summary.md"), text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

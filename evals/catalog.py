@@ -2,7 +2,9 @@
 entry is one line naming the catalog, the dataset, the field and the fix.
 
 Entry fields:
-  task        zeroshot_classification | retrieval | linear_probe | knn
+  task        zeroshot_classification | retrieval | linear_probe | knn | multiple_choice |
+              multilabel (the last two read per-image labels from `label_key`: see
+              evals/multilabel.py)
   format      wds | imagefolder | filelist | json
   path        shard spec (wds), folder (imagefolder), CSV/TSV (filelist), JSON file (json);
               ${VAR} and ${VAR:-default} are expanded from the environment
@@ -13,7 +15,8 @@ Entry fields:
   templates   (zero-shot) a list or a file of prompts with {c}, "clip_benchmark:<key>", or
               "open_clip:openai_imagenet" / "open_clip:simple_imagenet"
   metric      the main metric: acc1 | acc5 | mean_per_class_recall (classification and probes) |
-              image_retrieval_recall@k | text_retrieval_recall@k (k in 1, 5, 10)
+              image_retrieval_recall@k | text_retrieval_recall@k (k in 1, 5, 10);
+              multiple_choice: acc1; multilabel: mAP | image_mAP
   probes      (linear_probe, knn) train_path (default: path) and train_split (default "train"):
               the labelled set the probe is fitted on; `path`/`split` is the test set.
               linear_probe: val_proportion (default 0.2) of train held out to choose the L2
@@ -32,12 +35,18 @@ from evals import prompts
 from llip.cli import ConfigError
 from llip.io import read_json, read_text
 
-TASKS = ("zeroshot_classification", "retrieval", "linear_probe", "knn")
+TASKS = ("zeroshot_classification", "retrieval", "linear_probe", "knn", "multiple_choice",
+         "multilabel")
 PROBE_TASKS = ("linear_probe", "knn")
 FORMATS = ("wds", "imagefolder", "filelist", "json")
 CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}"
                           for d in ("image", "text") for k in (1, 5, 10))
+METRICS = {"zeroshot_classification": CLASSIFICATION_METRICS,
+           "retrieval": RETRIEVAL_METRICS, "multiple_choice": ("acc1",),
+           "multilabel": ("mAP", "image_mAP"),
+           "linear_probe": CLASSIFICATION_METRICS, "knn": CLASSIFICATION_METRICS}
+NEEDS_PROMPTS = ("zeroshot_classification", "multilabel")  # classnames + templates
 OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
 PROBE_FIELDS = {"linear_probe": ("train_path", "train_split", "val_proportion"),
                 "knn": ("train_path", "train_split", "k")}
@@ -95,7 +104,7 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
     if entry["format"] not in FORMATS:
         raise ConfigError(f"{where}: format {entry['format']!r} must be one of "
                           f"{', '.join(FORMATS)}")
-    metrics = RETRIEVAL_METRICS if entry["task"] == "retrieval" else CLASSIFICATION_METRICS
+    metrics = METRICS[entry["task"]]
     if entry["metric"] not in metrics:
         raise ConfigError(f"{where}: metric {entry['metric']!r} for {entry['task']} must be one "
                           f"of {', '.join(metrics)}")
@@ -107,10 +116,14 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
     out = {**entry, "name": name, "path": expand(entry["path"])}
     if "image_root" in out:
         out["image_root"] = expand(out["image_root"])
-    if entry["task"] == "zeroshot_classification":
+    if entry["task"] in ("multiple_choice", "multilabel") and "label_key" not in entry:
+        raise ConfigError(f"{where}: missing field 'label_key' (the member holding each "
+                          f"image's labels, needed for {entry['task']})")
+    if entry["task"] in NEEDS_PROMPTS:
         for field in ("classnames", "templates"):
             if field not in entry:
-                raise ConfigError(f"{where}: missing field '{field}' (needed for classification)")
+                raise ConfigError(f"{where}: missing field '{field}' (needed for "
+                                  f"{entry['task']})")
         out["classnames"] = _string_list(entry["classnames"], "classnames", where, base_dir,
                                          allow_folder=entry["format"] == "imagefolder")
         out["templates"] = _string_list(entry["templates"], "templates", where, base_dir)

@@ -10,6 +10,7 @@ index), so the scores never depend on how many workers or ranks read the data.
 """
 import csv
 import io
+import json
 import os
 
 import torch
@@ -169,6 +170,42 @@ def classification_batches(entry, transform, batch_size: int, workers: int, rank
                           f"{len(names)} classnames: fix classnames or the labels")
     _require_images(items, entry)
     return _loader(items, transform, batch_size, workers, rank, world), names
+
+
+# ------------------------------------------------------------ per-image annotations
+def annotated_batches(entry, transform, batch_size: int, workers: int):
+    """(images, [annotation of each image]) with the annotation a JSON value read from member
+    `label_key` (wds) or field `label_key` of each row (json: [{image, <label_key>}, ...])."""
+    label_key = entry.get("label_key")
+    if not label_key:
+        raise ConfigError(f"dataset '{entry['name']}': {entry['task']} needs 'label_key', the "
+                          "member (wds) or field (json) holding each image's labels")
+    if entry["format"] == "wds":
+        return _annotated_shard_batches(entry, transform, label_key, batch_size)
+    if entry["format"] == "json":
+        _require(entry["path"], entry)
+        rows = read_json(entry["path"])
+        image_key = entry.get("image_key", "image")
+        items = [(_resolve_image(entry, r[image_key]), i) for i, r in enumerate(rows)]
+        return ((images, [rows[i][label_key] for i in index.tolist()])
+                for images, index in _loader(items, transform, batch_size, workers))
+    raise ConfigError(f"dataset '{entry['name']}': {entry['task']} reads format wds or json, "
+                      f"not {entry['format']}")
+
+
+def _annotated_shard_batches(entry, transform, label_key: str, batch_size: int):
+    """Images and their JSON annotations in shard order; only these two members are decoded."""
+    images, labels = [], []
+    for url in _shard_urls(entry):
+        for sample in _shard_samples(url):
+            with Image.open(io.BytesIO(_first(sample, IMAGE_KEYS, "image", entry))) as image:
+                images.append(transform(image.convert("RGB")))
+            labels.append(json.loads(_first(sample, label_key, "label", entry)))
+            if len(images) == batch_size:
+                yield torch.stack(images), labels
+                images, labels = [], []
+    if images:
+        yield torch.stack(images), labels
 
 
 # ------------------------------------------------------------ retrieval

@@ -12,6 +12,7 @@ import torch
 from evals import checkpoints, results
 from evals.catalog import PROBE_TASKS
 from evals.datasets import classification_batches, retrieval_data
+from evals.multilabel import PER_IMAGE_TASKS, evaluate_per_image
 from evals.probe import run_probe
 from evals.zeroshot import (
     Classification,
@@ -57,6 +58,14 @@ def run_task(task: dict) -> dict:
         text_emb = class_embeddings(model, tokenizer, classnames, entry["templates"], device,
                                     batch_size)
         scorers = {tau: Classification(len(classnames), device) for tau in taus}
+    elif entry["task"] in PER_IMAGE_TASKS:  # per-image prompts: one pass per tau
+        scorers, encoded = None, 0
+        scored = []
+        for tau in taus:
+            metrics = evaluate_per_image(model, entry, transform, tokenizer, batch_size, workers,
+                                         device, tau)
+            scored.append({"eval_tau": results.tau_key(tau), "metrics": metrics})
+            encoded += metrics["n"]
     else:
         captions, owner, batches = retrieval_data(entry, transform, batch_size, workers)
         text_emb = encode_texts(model, tokenizer, captions, batch_size, device)

@@ -13,6 +13,8 @@ from llip.cli import ConfigError
 
 LOSSES = ("clip", "siglip", "llip")
 PRECISIONS = ("auto", "fp32", "bf16")
+LLIP_QUERIES = ("text", "zero")
+INITS = ("ours", "reference")
 SCHEDULES = ("cosine", "const")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -44,7 +46,17 @@ class RunConfig:
     cross_attn_qkv_norm: bool = False  # LayerNorm on q, k, v (H/14 and G/14)
     llip_chunk: int = 1024  # texts per block in the pairwise Llip score (bounds memory)
     init_logit_scale: float = math.log(1 / 0.07)
-    init_logit_bias: float = -10.0  # siglip and llip only
+    # siglip and llip only: a number, or "auto" = -ln(B - 1) with B the global batch (the bias
+    # at which a random score gives the B - 1 negatives and 1 positive of a row equal weight;
+    # -10 is that value at B = 32k and stays near -10 for a whole short small-batch run)
+    init_logit_bias: str = "-10"
+    # llip only: "zero" zeroes the query (uniform attention over the K tokens, same parameters
+    # and compute): the control that tells the caption-contextualisation apart from the rest
+    llip_query: str = "text"
+    # "ours": CLIP's init for both towers and the Llip head; "reference": the Llip authors'
+    # release (PyTorch's default init for the vision blocks, normal(0, width^-1/2) for the
+    # query, target and output projections of the head)
+    init: str = "ours"
 
     # --- starting point and what trains (llip/models/pretrained.py, llip/models/tuning.py) ---
     init_from: str = ""  # weights file (llip export, released Llip, open_clip) or hf-hub:org/name
@@ -75,7 +87,10 @@ class RunConfig:
     eps: float = 1e-6
     warmup_steps: int = 2000
     schedule: str = "cosine"
-    grad_clip: float = 1.0  # max global grad norm; 0 disables
+    grad_clip: float = 1.0  # max global grad norm; 0 disables (the reference does not clip)
+    # weight decay on the learnable tokens and position embeddings too (the reference decays
+    # every >= 2-D weight); false keeps them out of decay, like 1-D parameters
+    decay_tokens: bool = False
     accum_steps: int = 1  # micro-batches per step; the contrastive loss stays the global batch's
     precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
     grad_checkpointing: bool = False
@@ -120,11 +135,26 @@ class RunConfig:
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
 
+    @property
+    def logit_bias_init(self) -> float:
+        """init_logit_bias as a number ("auto" resolved against the global batch)."""
+        if self.init_logit_bias == "auto":
+            return -math.log(max(self.batch_size - 1, 1))
+        return float(self.init_logit_bias)
+
     def validate(self) -> "RunConfig":
         _choice("loss", self.loss, LOSSES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("wandb_mode", self.wandb_mode, WANDB_MODES)
+        _choice("llip_query", self.llip_query, LLIP_QUERIES)
+        _choice("init", self.init, INITS)
+        try:
+            if not math.isfinite(self.logit_bias_init):
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"init_logit_bias={self.init_logit_bias!r} must be a number or "
+                              "'auto' (= -ln(batch_size - 1))") from None
         for f in ("batch_size", "epochs", "mixture_tokens", "cross_attn_heads", "embed_dim",
                   "checkpoint_every", "keep_last", "log_every", "llip_chunk", "accum_steps"):
             if getattr(self, f) < 1:
@@ -197,4 +227,6 @@ def from_dict(d: dict) -> RunConfig:
     unknown = set(d) - known
     if unknown:
         raise ConfigError(f"saved config has unknown keys {sorted(unknown)}")
+    if "init_logit_bias" in d:  # saved as a number before "auto" existed
+        d = {**d, "init_logit_bias": str(d["init_logit_bias"])}
     return RunConfig(**d).validate()

@@ -1,7 +1,7 @@
-"""A caption-diversity benchmark in miniature (the setting that motivates Llip): each synthetic
-image has three independent attributes (shape, colour, position), and each caption names only
-one of them, chosen at random. A model that must match one embedding per image to captions
-about different aspects is at a disadvantage; zero-shot tasks probe each attribute separately.
+"""Single-object images with three independent attributes (shape, colour, position); each
+caption names one of them, chosen at random; zero-shot tasks probe each attribute separately.
+One object's independent attributes fit in a single embedding, so this is the negative control
+of the binding benchmark (llip.data.scenes): parity between CLIP, SigLIP and Llip is expected.
 
     python -m llip.data.attributes data/attributes   # writes train-*.tar, test-*.tar, catalog.json
 """

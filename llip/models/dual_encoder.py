@@ -11,7 +11,7 @@ class DualEncoder(nn.Module):
         super().__init__()
         self.visual = VisionTower(cfg.image_size, cfg.patch_size, cfg.vision_width,
                                   cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
-                                  cfg.quick_gelu, n_prefix=1)
+                                  cfg.quick_gelu, n_prefix=1, clip_init=cfg.init == "ours")
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text_width,
                               cfg.text_layers, cfg.text_heads, cfg.text_mlp_ratio or cfg.mlp_ratio,
                               cfg.quick_gelu)
@@ -21,7 +21,7 @@ class DualEncoder(nn.Module):
                                       torch.randn(cfg.text_width, cfg.embed_dim))
         # 1-D (not 0-D) so that FSDP2 can shard them like any other parameter.
         self.logit_scale = nn.Parameter(torch.full((1,), cfg.init_logit_scale))
-        self.logit_bias = (nn.Parameter(torch.full((1,), cfg.init_logit_bias))
+        self.logit_bias = (nn.Parameter(torch.full((1,), cfg.logit_bias_init))
                            if cfg.loss == "siglip" else None)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,11 @@ class LlipHead(nn.Module):
         norm = (lambda: nn.LayerNorm(d)) if cfg.cross_attn_qkv_norm else nn.Identity
         self.q_norm, self.k_norm, self.v_norm = norm(), norm(), norm()
         self.logit_scale = nn.Parameter(torch.full((1,), cfg.init_logit_scale))
-        self.logit_bias = nn.Parameter(torch.full((1,), cfg.init_logit_bias))
+        self.logit_bias = nn.Parameter(torch.full((1,), cfg.logit_bias_init))
+        self.zero_query = cfg.llip_query == "zero"
+        if cfg.init == "reference":  # the authors' release: normal(0, fan_in^-1/2) matrices
+            for proj in (self.query_proj, self.target_proj, self.out_proj):
+                nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
         # Factored path wins while the HK x HK Gram is cheaper than D x D per pair.
         self.factored = self.heads * k <= d
         self.recompute_blocks = True  # off only where memory does not matter (FLOP counting)
@@ -93,8 +97,16 @@ class LlipHead(nn.Module):
     def encode_text(self, feature: torch.Tensor) -> torch.Tensor:
         """(B, W_text) end-of-text feature -> (B, 2, D): query and unit-norm target."""
         query = self.q_norm(self.query_proj(feature))
+        if self.zero_query:  # control: uniform attention, same parameters and compute
+            query = query * 0.0
         target = F.normalize(self.target_proj(feature), dim=-1)
         return torch.stack([query, target], dim=1)
+
+    def attention(self, image_kv, text_qy, tau=None):
+        """(Bi, 2, K, D) x (Bt, 2, D) -> the softmax weights (Bi, Bt, H, K) over the K mixture
+        tokens (diagnostics; training never builds them all at once)."""
+        return _attention(image_kv[:, 0], text_qy[:, 0], self.heads,
+                          self.tau if tau is None else float(tau))
 
     def cosines(self, image_kv, text_qy, tau=None):
         """(Bi, 2, K, D) x (Bt, 2, D) -> (Bi, Bt) cosines, in blocks of `chunk` texts.
@@ -119,7 +131,8 @@ class LlipModel(nn.Module):
         super().__init__()
         self.visual = VisionTower(cfg.image_size, cfg.patch_size, cfg.vision_width,
                                   cfg.vision_layers, cfg.vision_heads, cfg.mlp_ratio,
-                                  cfg.quick_gelu, n_prefix=cfg.mixture_tokens)
+                                  cfg.quick_gelu, n_prefix=cfg.mixture_tokens,
+                                  clip_init=cfg.init == "ours")
         self.text = TextTower(cfg.vocab_size, cfg.context_length, cfg.text_width,
                               cfg.text_layers, cfg.text_heads, cfg.text_mlp_ratio or cfg.mlp_ratio,
                               cfg.quick_gelu)
@@ -128,6 +141,10 @@ class LlipModel(nn.Module):
     @property
     def logit_scale(self):
         return self.head.logit_scale
+
+    @property
+    def logit_bias(self):
+        return self.head.logit_bias
 
     def encode_image(self, images):
         return self.head.encode_image(self.visual(images))

@@ -169,7 +169,7 @@ def config_of(cfg: RunConfig) -> dict:
                         "layers": cfg.text_layers,
                         "mlp_ratio": cfg.text_mlp_ratio or cfg.mlp_ratio}}
     if cfg.loss == "siglip":
-        out["init_logit_bias"] = cfg.init_logit_bias  # makes open_clip create logit_bias
+        out["init_logit_bias"] = cfg.logit_bias_init  # makes open_clip create logit_bias
     return out
 
 

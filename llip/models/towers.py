@@ -21,16 +21,17 @@ def init_transformer_(t: Transformer) -> None:
         nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
 
 
-def _transformer(width, layers, heads, mlp_ratio, quick_gelu) -> Transformer:
+def _transformer(width, layers, heads, mlp_ratio, quick_gelu, clip_init=True) -> Transformer:
     t = Transformer(width, layers, heads, mlp_ratio,
                     act_layer=QuickGELU if quick_gelu else nn.GELU, batch_first=True)
-    init_transformer_(t)
+    if clip_init:  # else PyTorch's defaults (the Llip reference's vision blocks)
+        init_transformer_(t)
     return t
 
 
 class VisionTower(nn.Module):
     def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int,
-                 mlp_ratio: float, quick_gelu: bool, n_prefix: int):
+                 mlp_ratio: float, quick_gelu: bool, n_prefix: int, clip_init: bool = True):
         super().__init__()
         grid = image_size // patch_size
         scale = width ** -0.5
@@ -39,7 +40,7 @@ class VisionTower(nn.Module):
         self.prefix_pos = nn.Parameter(scale * torch.randn(n_prefix, width))
         self.patch_pos = nn.Parameter(scale * torch.randn(grid * grid, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = _transformer(width, layers, heads, mlp_ratio, quick_gelu)
+        self.transformer = _transformer(width, layers, heads, mlp_ratio, quick_gelu, clip_init)
         self.ln_post = LayerNorm(width)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,13 @@ import dataclasses
 
 from llip.cli import ConfigError, apply_overrides, closest
 from llip.config import RunConfig
-from llip.run_configs import baselines, llip_paper, released, small  # noqa: F401  (registers configs)
+from llip.run_configs import (  # noqa: F401  (importing registers the configs)
+    baselines,
+    llip_paper,
+    released,
+    scenes,
+    small,
+)
 from llip.run_configs.registry import REGISTRY
 
 

@@ -3,6 +3,12 @@
 Run:  python submitit_openclip.py llip_b16 train_data='/data/laion/{000000..041407}.tar' logs=/ckpt
 Expect (paper): B/16 K=32 averages 69.6 zero-shot over the benchmark suite; G/14 K=64 reaches
 83.5% ImageNet top-1. The user sets train_data and logs; everything else is the recipe.
+
+The recipe is the authors' release, including where it differs from this toolkit's defaults:
+no gradient clipping (grad_clip=0), weight decay on the mixture tokens and position embeddings
+(decay_tokens), PyTorch's default init for the vision blocks and normal(0, fan_in^-1/2) for the
+head's query, target and output projections (init="reference"), sigmoid scale log(1/0.07) and
+bias -10 (= -ln(B - 1) at B = 32k, to 0.4).
 """
 import dataclasses
 
@@ -17,6 +23,7 @@ PAPER = RunConfig(
     mixture_tokens=32, cross_attn_heads=8, cross_attn_tau=5.0,
     train_num_samples=400_000_000, epochs=32, batch_size=32768,
     lr=5e-4, wd=0.2, beta1=0.9, beta2=0.95, warmup_steps=2000,
+    grad_clip=0.0, decay_tokens=True, init="reference", init_logit_bias="-10",
     nodes=16, gpus_per_node=8, workers=8,  # 256 per GPU x 128 GPUs
 )
 

@@ -3,23 +3,25 @@ import math
 
 import torch
 
-# Learnable tokens and position embeddings are not decayed (1-D params never are).
+# Learnable tokens and position embeddings are not decayed unless decay_tokens (the reference
+# decays them); 1-D params (gains, biases, logit scale and bias) never are.
 NO_DECAY_NAMES = ("prefix_tokens", "prefix_pos", "patch_pos", "positional_embedding")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float,
+                 decay_tokens: bool = False) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        skip = p.ndim < 2 or any(n in name for n in NO_DECAY_NAMES)
+        skip = p.ndim < 2 or (not decay_tokens and any(n in name for n in NO_DECAY_NAMES))
         (no_decay if skip else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(model, cfg) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg.wd), lr=cfg.lr,
+    return torch.optim.AdamW(param_groups(model, cfg.wd, cfg.decay_tokens), lr=cfg.lr,
                              betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 

@@ -50,6 +50,12 @@ def _scalar(param) -> float:
     return float(param.full_tensor() if hasattr(param, "full_tensor") else param)
 
 
+def _logit_bias(model) -> dict:
+    """{"logit_bias": b} for the sigmoid-loss models (SigLIP, Llip), {} for CLIP."""
+    bias = getattr(model, "logit_bias", None)
+    return {} if bias is None else {"logit_bias": _scalar(bias)}
+
+
 def checked_for_training(cfg):
     """Fail before any work on what a run cannot start without; size the data if needed.
     For one process (e.g. the one submitting a job); the Trainer checks shards on one rank."""
@@ -161,6 +167,7 @@ class Trainer:
                 rates, elapsed = meter.window(steps)
                 logger.log(done, {**metrics, **rates, "lr": lr,
                                   "logit_scale": _scalar(model.logit_scale),
+                                  **_logit_bias(model),
                                   "samples_seen": done * cfg.batch_size},
                            steps * cfg.batch_size / elapsed,
                            (cfg.total_steps - done) * elapsed / steps)

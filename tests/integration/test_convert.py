@@ -158,7 +158,7 @@ def test_source_mixing_matches_weights(tmp_path):
     counts = torch.zeros(3)
     samples = decode_samples(shards, lambda im: 0, 0, random.Random(0), SkipCounter("shard"),
                              SkipCounter("sample"))
-    for _, (_, caption) in zip(range(3000), samples):
+    for _, (_, caption, _) in zip(range(3000), samples):
         counts[int(caption[-1])] += 1
 
     def chi2(expected_fractions):
