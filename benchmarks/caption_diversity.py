@@ -150,7 +150,7 @@ def results_frame(runs, out: str) -> pd.DataFrame:
                     run = by_name[r["model"]]
                     rows.append({"variant": run["variant"], "seed": run["seed"],
                                  "lr": run["lr"], "step": r["step"], "dataset": r["dataset"],
-                                 "value": r["value"]})
+                                 "value": r["by_tau"][0]["value"]})
     return pd.DataFrame(rows)
 
 

@@ -46,7 +46,8 @@ for _w in "qkv":
 MODEL_FIELDS = ("loss", "image_size", "patch_size", "vision_width", "vision_layers",
                 "vision_heads", "text_width", "text_layers", "text_heads", "mlp_ratio",
                 "text_mlp_ratio", "context_length", "vocab_size", "embed_dim", "quick_gelu",
-                "mixture_tokens", "cross_attn_heads", "cross_attn_tau", "cross_attn_qkv_norm")
+                "mixture_tokens", "cross_attn_heads", "cross_attn_tau", "cross_attn_qkv_norm",
+                "llip_query")
 # Mixture tokens made from a class token: copies plus N(0, (NOISE * rms(class token))^2) noise,
 # which breaks the symmetry between otherwise identical tokens.
 MIXTURE_NOISE = 0.1
@@ -172,7 +173,8 @@ def config_for(tensors: dict, path: str) -> RunConfig:
     fits, nearest = [], None
     for name in _candidates():
         cfg = get_config(name)
-        if cfg.loss != "llip" or (cfg.mixture_tokens, cfg.vision_width) != (k, width):
+        if cfg.loss != "llip" or (cfg.mixture_tokens, cfg.vision_width) != (k, width) \
+                or cfg.llip_query != "text":  # a released model's queries come from its text
             continue
         problems = _shape_problems(tensors, _shapes(cfg))
         if not problems:

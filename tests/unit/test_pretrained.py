@@ -12,7 +12,7 @@ from llip.cli import ConfigError
 from llip.config import to_dict
 from llip.models import build_model
 from llip.models.open_clip_format import subject_spec
-from llip.models.pretrained import config_for, init_from_weights, released_to_ours
+from llip.models.pretrained import MODEL_FIELDS, config_for, init_from_weights, released_to_ours
 from llip.run_configs import get_config, resolve
 from llip.run_dir import load_model
 from llip.training.export import export
@@ -115,7 +115,8 @@ def test_released_llip_file_loads_with_equal_scores(tmp_path):
     assert q.shape[0] == q.shape[1] and not torch.allclose(q, q.T)  # square, not symmetric
     path = write_released(ours, tmp_path / "released.pt")
     loaded, found, step = load_model(path)
-    assert found.name == "llip_tiny" and step == 32 * found.steps_per_epoch
+    same_model = [getattr(found, f) == getattr(cfg, f) for f in MODEL_FIELDS]
+    assert all(same_model) and step == 32 * found.steps_per_epoch  # llip_tiny or a same-shape twin
     for a, b in zip(_scores(ours, cfg), _scores(loaded, cfg)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
 
@@ -133,7 +134,6 @@ def test_released_llip_file_is_planned_in_a_sweep_at_the_step_its_loader_gives(t
     path = write_released(build_model(get_config("llip_tiny")).eval(), tmp_path / "released.pt")
     ckpt = describe(path)  # the runner refuses a checkpoint whose step changed since planning
     assert (ckpt.name, ckpt.loss, ckpt.step) == ("released", "llip", load_model(path)[2])
-    assert ckpt.step == 32 * get_config("llip_tiny").steps_per_epoch
 
 
 def test_released_llip_with_qkv_norms_and_plain_names(tmp_path):
@@ -201,8 +201,7 @@ def test_bad_weight_files_fail_in_one_line(tmp_path):
                            "open_clip CLIP checkpoint"),
         (str(garbage), "", "is not a readable weights file"),
         (write_released(ours, tmp_path / "grown.pt", state=grown), "",
-         "fits no registered config; closest llip_tiny: 1 tensor(s) differ, e.g. "
-         "visual.patch_pos (25, 64) (expected (16, 64))"),
+         "1 tensor(s) differ, e.g. visual.patch_pos (25, 64) (expected (16, 64))"),
         (write_released(ours, tmp_path / "named.pt", state=grown), "llip_tiny",
          "refusing a partial load: 1 shape mismatch(es): visual.patch_pos (25, 64)"),
         (write_released(ours, tmp_path / "extra.pt", state=extra), "",

@@ -88,7 +88,7 @@ def test_training_stream_draws_a_caption_of_the_sample_at_each_use(built):
     truth = {pixels(x["png"]): x["json"]["captions"] for x in _samples(built["train"])}
     drawn, rng = {}, random.Random(0)
     for _ in range(3):  # three epochs over the same samples, one stream RNG
-        for key, caption in decode_samples(({"url": u} for u in urls), pixels, 0,
+        for key, caption, _ in decode_samples(({"url": u} for u in urls), pixels, 0,
                                            rng, SkipCounter("shard"),
                                            SkipCounter("sample")):
             assert caption in truth[key]
@@ -127,7 +127,7 @@ class CaptionTableModel:
         return ids
 
     def logits(self, rows, ids, tau=None):
-        return self.table[rows][:, ids]
+        return self.table[rows][:, ids.long()]
 
 
 def test_multiple_choice_answers_with_the_best_scored_choice_of_each_question():
