@@ -10,8 +10,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from evals.catalog import refuse_pipe
 from llip.cli import ConfigError
-from llip.data import IMAGE_KEYS, caption_list
+from llip.data import caption_list, sample_image
 from llip.data.stream import expand_sources, local_path
 from llip.io import read_json
 
@@ -45,12 +46,21 @@ def _resolve_image(entry, rel: str) -> str:
 
 
 def _wds(entry, first_shard_check=True):
+    """The entry's shards, undecoded: members are decoded by sample_image / caption_list only
+    (webdataset's default decoders would unpickle .pyd and torch.load .pth members)."""
     urls = [u for s in expand_sources(entry["path"]) for u in s]
+    refuse_pipe(urls, entry)
     if first_shard_check:
         for url in urls:
             if local_path(url):
                 _require(local_path(url), entry)
     return wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+
+
+def _label(sample, key: str) -> int:
+    if key not in sample:
+        raise ValueError(f"sample {sample.get('__key__')!r} has no '{key}' member")
+    return int(sample[key].decode("ascii").strip())  # e.g. .cls: the class index as text
 
 
 # ------------------------------------------------------------ classification
@@ -87,8 +97,8 @@ def classification_batches(entry, transform, batch_size: int, workers: int):
     """-> (iterable of (images, labels), classnames)."""
     if entry["format"] == "wds":
         label_key = entry.get("label_key", "cls")
-        pipeline = (_wds(entry).decode("pilrgb").to_tuple(IMAGE_KEYS, label_key)
-                    .map_tuple(transform, lambda x: int(x)).batched(batch_size))
+        pipeline = (_wds(entry).map(lambda s: (transform(sample_image(s)), _label(s, label_key)))
+                    .batched(batch_size))
         loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=0)
         return ((x, torch.as_tensor(y)) for x, y in loader), entry["classnames"]
     items, names = classification_items(entry)
@@ -110,8 +120,8 @@ def retrieval_data(entry, transform, batch_size: int, workers: int):
             for c in caption_list(text):
                 captions.append(c)
                 owner.append(i)
-        pipeline = (_wds(entry, False).decode("pilrgb").to_tuple(IMAGE_KEYS, "__key__")
-                    .map_tuple(transform, str).batched(batch_size))
+        pipeline = (_wds(entry, False).map(lambda s: (transform(sample_image(s)), s["__key__"]))
+                    .batched(batch_size))
         loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=0)
 
         def batches():

@@ -111,8 +111,8 @@ def checkpoint_tag(path: str) -> str:
     return f"{rd.read_config(path).name}__step{rd.step_of(path):08d}"
 
 
-def build_tasks(sweep: SweepConfig) -> list[dict]:
-    catalog = load_catalogs(sweep.catalogs)
+def build_tasks(sweep: SweepConfig, allow_pipe: bool = False) -> list[dict]:
+    catalog = load_catalogs(sweep.catalogs, allow_pipe)
     names = list(catalog) if sweep.datasets == "all" else list(sweep.datasets)
     for name in names:
         if name not in catalog:
@@ -176,8 +176,11 @@ def run_slurm(tasks, sweep: SweepConfig) -> int:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fname", required=True, help="YAML eval config")
-    sweep = load_sweep(parser.parse_args(argv).fname)
-    tasks = build_tasks(sweep)
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="let catalog paths be pipe: shell commands (trusted catalogs only)")
+    args = parser.parse_args(argv)
+    sweep = load_sweep(args.fname)
+    tasks = build_tasks(sweep, args.allow_pipe)
     todo = [t for t in tasks if not os.path.exists(t["output"])]
     print(f"{len(tasks)} eval tasks, {len(tasks) - len(todo)} already done, "
           f"{len(todo)} to run ({sweep.launcher})", flush=True)

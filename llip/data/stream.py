@@ -8,6 +8,9 @@
   exact same batches, which is what makes resume exact.
 * Corrupt samples and unreadable shards are skipped with a warning and counted; every batch
   carries the counts since the previous batch of its worker, so the trainer can log exact totals.
+  Too much corruption, or a source that yields nothing, ends the run (llip.data.health).
+* Shards are data, never code: only the image and caption members of a sample are decoded
+  (PIL and UTF-8 text / JSON); other members (.pyd, .pth, ...) are never unpickled or loaded.
 """
 import dataclasses
 import hashlib
@@ -21,12 +24,12 @@ import torch
 import webdataset as wds
 
 from llip.cli import ConfigError
-from llip.data import IMAGE_KEYS, caption_list
+from llip.data import caption_list, sample_image
+from llip.data.health import DataError, ShardWatch, SkipCounter
 from llip.io import read_json
 
 log = logging.getLogger("llip.data")
 TEXT_KEYS = "json;txt"  # json {"captions": [...]} first: one random caption per use
-MAX_CONSECUTIVE_SHARD_ERRORS = 200  # a stream where nothing is readable must fail, not spin
 
 
 def expand_sources(spec: str) -> list[list[str]]:
@@ -93,32 +96,10 @@ def stream_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-class SkipCounter:
-    """A webdataset handler: warn, count, continue."""
-
-    def __init__(self, what: str):
-        self.what, self.count, self.consecutive = what, 0, 0
-
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        self.consecutive += 1
-        if self.count <= 5 or self.count % 1000 == 0:
-            log.warning("skipping %s (%d so far): %s: %s", self.what, self.count,
-                        type(exn).__name__, str(exn)[:200])
-        if self.consecutive > MAX_CONSECUTIVE_SHARD_ERRORS:
-            raise RuntimeError(f"{self.consecutive} consecutive unreadable {self.what}s: "
-                               "check train_data and storage access") from exn
-        return True
-
-    def take(self) -> int:
-        n, self.count, self.consecutive = self.count, 0, 0
-        return n
-
-
 def _resampled_shards(sources, weights, rng):
-    while True:
-        urls = rng.choices(sources, weights=weights)[0]
-        yield {"url": rng.choice(urls)}
+    while True:  # choices over indices draws exactly as over the sources themselves
+        source = rng.choices(range(len(sources)), weights=weights)[0]
+        yield {"url": rng.choice(sources[source]), "source": source}
 
 
 def _partitioned_shards(sources, rng, index, count):
@@ -126,8 +107,8 @@ def _partitioned_shards(sources, rng, index, count):
     every pass."""
     urls = [u for s in sources for u in s]
     if len(urls) < count:
-        raise RuntimeError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
-                           f"found {len(urls)}: use dataset_resampled=true")
+        raise DataError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
+                        f"found {len(urls)}: use dataset_resampled=true")
     while True:
         order = urls[:]
         random.Random(rng.random()).shuffle(order)  # same permutation on every (rank, worker)
@@ -138,12 +119,13 @@ def _partitioned_shards(sources, rng, index, count):
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, sources, weights, transform, tokenizer, batch_size: int, *,
                  shuffle_buffer: int, seed: int, rank: int, world_size: int, start_step: int,
-                 resampled: bool = True):
+                 resampled: bool = True, max_corrupt_fraction: float = 0.5):
         super().__init__()
         self.sources, self.weights = sources, weights
         self.transform, self.tokenizer, self.batch_size = transform, tokenizer, batch_size
         self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
         self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
+        self.max_corrupt_fraction = max_corrupt_fraction
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -151,7 +133,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         rng = random.Random(stream_seed(self.seed, self.rank, worker, self.start_step))
         if info is not None:  # augmentations draw from torch's RNG inside the worker
             torch.manual_seed(stream_seed(self.seed, self.rank, worker, self.start_step, 1))
-        shard_errors, sample_errors = SkipCounter("shard"), SkipCounter("sample")
+        shard_errors = SkipCounter("shard")
+        sample_errors = SkipCounter("sample", self.max_corrupt_fraction)
+        watch = ShardWatch(self.sources, parent_pid=os.getppid() if info else None)
         if self.resampled:
             shards = _resampled_shards(self.sources, self.weights, rng)
         else:
@@ -160,7 +144,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                                          self.world_size * n_workers)
         images, captions = [], []
         for image, caption in decode_samples(shards, self.transform, self.shuffle_buffer, rng,
-                                             shard_errors, sample_errors):
+                                             shard_errors, sample_errors, watch):
             images.append(image)
             captions.append(caption)
             if len(images) == self.batch_size:
@@ -170,24 +154,38 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
-                   shard_errors: SkipCounter, sample_errors: SkipCounter):
+                   shard_errors: SkipCounter, sample_errors: SkipCounter,
+                   watch: ShardWatch | None = None):
     """{"url": ...} dicts -> (image tensor, caption); every failure is counted and skipped."""
-    samples = wds.tarfile_to_samples(handler=shard_errors)(shards)
+    watch = watch or ShardWatch(None)
+    samples = watch.read_samples(wds.tarfile_to_samples(handler=shard_errors)(watch.urls(shards)))
     if shuffle_buffer > 1:
         samples = wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=rng)(samples)
-    samples = wds.decode("pilrgb", handler=sample_errors)(samples)
-    for image, text in wds.to_tuple(IMAGE_KEYS, TEXT_KEYS, handler=sample_errors)(samples):
+    for sample in samples:
         try:
-            captions = caption_list(text)
+            image, captions = image_and_captions(sample)
             if not captions:
                 raise ValueError("sample has no caption")
             # one caption: no draw, so the stream's RNG sequence does not depend on caption counts
             item = transform(image), captions[0] if len(captions) == 1 else rng.choice(captions)
         except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
+            watch.bad(sample, exn)
             sample_errors(exn)
             continue
-        shard_errors.consecutive = 0
+        watch.good(sample)
+        sample_errors.ok()
         yield item
+
+
+_TEXT_EXTS = TEXT_KEYS.split(";")
+
+
+def image_and_captions(sample: dict):
+    """The RGB image and caption list of a raw sample, decoding only those two members."""
+    text_key = next((k for k in _TEXT_EXTS if k in sample), None)
+    if text_key is None:
+        raise ValueError(f"sample {sample.get('__key__')!r} has no caption member ({TEXT_KEYS})")
+    return sample_image(sample), caption_list(sample[text_key])
 
 
 def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, transform,
@@ -196,6 +194,10 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
     sequence of batches is a deterministic function of (config, world size, start_step)."""
     sources = expand_sources(cfg.train_data)
     check_shards(sources)
+    n_shards, n_readers = sum(map(len, sources)), world_size * max(1, cfg.workers)
+    if not cfg.dataset_resampled and n_shards < n_readers:
+        raise ConfigError(f"dataset_resampled=false needs >= {n_readers} shards (ranks x "
+                          f"workers), found {n_shards}: use dataset_resampled=true")
     if cfg.batch_size % world_size:
         raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the world size "
                           f"{world_size}: pick a multiple")
@@ -203,7 +205,7 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
         sources, parse_weights(cfg.train_data_weights, len(sources)), transform, tokenizer,
         cfg.batch_size // world_size, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
         rank=world_rank, world_size=world_size, start_step=start_step,
-        resampled=cfg.dataset_resampled)
+        resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
