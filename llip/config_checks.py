@@ -28,19 +28,25 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
 def check_values(cfg) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value, bool)):
+            raise ConfigError(f"{f.name}={value!r} must be of type {kind}")
         if isinstance(value, bool):
             continue
         if isinstance(value, str):
             _check_string(f.name, value)
-        elif isinstance(value, int):
+        elif kind == "int":
             low = INT_MIN.get(f.name, 1)
             if value < low:
                 raise ConfigError(f"{f.name}={value} must be >= {low}")
-        elif isinstance(value, float):
-            _check_float(f.name, value)
+        if kind == "float":
+            _check_float(f.name, float(value))
     if not NAME.match(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be 1-200 letters, digits or ._+=@- (not "
                           "starting with . or -): it names the run dir under logs=")

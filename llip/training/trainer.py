@@ -13,6 +13,7 @@ import time
 import torch
 
 from llip import run_dir as rd
+from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
@@ -23,7 +24,8 @@ from llip.data.stream import (
 )
 from llip.losses import contrastive_loss
 from llip.models import build_model
-from llip.training import checkpoint, dist
+from llip.training import checkpoint, divergence, dist
+from llip.training.claim import claim_run_dir
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
@@ -69,32 +71,30 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = parallelize(build_model(cfg), cfg, world)
         optimizer = build_optimizer(model, cfg)
-        start = self._resume(run_dir, model, optimizer, world)
-        if world.is_main:
-            self._write_run_files(run_dir, start, world.size)
-        logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
+        lock = claim_run_dir(run_dir, cfg, world)  # one run, one config per run dir
         try:
-            self._loop(run_dir, model, optimizer, world, start, logger)
+            start = checkpoint.resume(run_dir, model, optimizer, world)  # verified, or previous
+            if start > cfg.total_steps:
+                raise ConfigError(f"{run_dir} is at step {start}, past this config's "
+                                  f"{cfg.total_steps} steps: raise epochs to train on")
+            if world.is_main:
+                self._write_run_files(run_dir, start, world.size)
+            logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
+            try:
+                self._loop(run_dir, model, optimizer, world, start, logger)
+            finally:
+                logger.close()
         finally:
-            logger.close()
+            if lock is not None:
+                lock.release()
         return run_dir
-
-    def _resume(self, run_dir, model, optimizer, world) -> int:
-        if world.is_main:
-            rd.clean_partial(run_dir)
-        dist.barrier()
-        path = rd.latest(run_dir)
-        if path is None:
-            return 0
-        state = checkpoint.load(path, model, optimizer)
-        if world.is_main:
-            print(f"resumed from {path} at step {state['step']}", flush=True)
-        return int(state["step"])
 
     def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
         rd.write_config(run_dir, self.cfg, git_commit=_git_commit())
-        print(f"run dir {run_dir} ({'resuming at step %d' % start if start else 'new run'}), "
+        state = "new run" if not start else "already complete: nothing to do" \
+            if start == self.cfg.total_steps else f"resuming at step {start}"
+        print(f"run dir {run_dir} ({state}), "
               f"{self.cfg.total_steps} steps of {self.cfg.batch_size} samples on {world_size} "
               "process(es)", flush=True)
 
@@ -114,7 +114,7 @@ class Trainer:
         # Sums kept on the device and read only at log steps: no step waits for the host.
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
-        t_window = time.time()
+        t_window, last_saved = time.time(), start
         for step in range(start, cfg.total_steps):
             images, tokens, skipped = next(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
@@ -132,13 +132,16 @@ class Trainer:
                                   "samples_seen": done * cfg.batch_size},
                            steps * cfg.batch_size / max(elapsed, 1e-9),
                            (cfg.total_steps - done) * elapsed / steps)
+                divergence.check_logged_loss(metrics["loss"], done, cfg, last_saved)
                 t_window = time.time()
             if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
+                divergence.check_before_save(window, model, done, cfg, last_saved)
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)
                 path = checkpoint.save(run_dir, cfg, done, model, optimizer,
                                        {"step": done, "samples_seen": done * cfg.batch_size},
                                        world.is_main)
+                last_saved = done
                 if world.is_main:
                     print(f"checkpoint {path}", flush=True)
 
