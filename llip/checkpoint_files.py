@@ -18,7 +18,6 @@ anything is loaded, and a DCP reader that never runs code.
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import io
 import os
 import pathlib
@@ -32,22 +31,15 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader
 
+from llip.io import sha256_file
+
 TRUST_ENV = "LLIP_TRUST_CHECKPOINT"
 METADATA = ".metadata"
 HASH_THREADS = 8
-_CHUNK = 8 << 20
 _RANK_FILE = re.compile(r"^__(\d+)_\d+\.distcp$")
 
 
 # ---------------------------------------------------------------- digests
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)  # releases the GIL: threads hash files in parallel
-    return digest.hexdigest()
-
-
 def owner(name: str, world_size: int) -> int:
     """The rank that hashes a file: the rank that wrote it (DCP's __<rank>_<i>.distcp), modulo
     the world size at hand; everything else is rank 0's."""
@@ -120,14 +112,24 @@ class _MetadataUnpickler(pickle.Unpickler):
                                      "DCP checkpoint never contains: refusing to load it")
 
 
+def read_metadata(path: str):
+    """A checkpoint's DCP metadata through the allow-list (UnpicklingError otherwise)."""
+    with open(path, "rb") as f:
+        try:
+            metadata = _MetadataUnpickler(f).load()
+        except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as exn:
+            raise pickle.UnpicklingError(f"{os.path.basename(path)} is not readable DCP "
+                                         f"metadata ({type(exn).__name__})") from None
+    if not isinstance(metadata, dcp_metadata.Metadata):
+        raise pickle.UnpicklingError(f"{os.path.basename(path)} does not hold DCP metadata")
+    return metadata
+
+
 class SafeReader(FileSystemReader):
     def read_metadata(self, *args, **kwargs):
         rank = kwargs.get("rank")
         name = METADATA if rank is None else f"__{rank}{METADATA}"
-        with open(os.path.join(self.path, name), "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-        if not isinstance(metadata, dcp_metadata.Metadata):
-            raise pickle.UnpicklingError(f"{name} does not hold DCP metadata")
+        metadata = read_metadata(os.path.join(self.path, name))
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = dcp_metadata.StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -146,5 +148,20 @@ class SafePlanner(DefaultLoadPlanner):
 
 
 def load_dcp(state: dict, path: str) -> None:
-    """dcp.load in place, through the reader and planner above."""
+    """dcp.load in place, through the reader and planner above. The metadata is read once
+    first, so that a bad one fails here with our message (DCP would log tracebacks, then try
+    per-rank metadata files that do not exist)."""
+    read_metadata(os.path.join(path, METADATA))
     dcp.load(state, storage_reader=SafeReader(path), planner=SafePlanner())
+
+
+def cause(exn: BaseException) -> str:
+    """The root failure inside DCP's wrapped exceptions, as one line."""
+    found = exn
+    for e in [exn, *getattr(exn, "failures", {}).values()]:
+        while isinstance(e, BaseException) and (e.__cause__ or e.__context__):
+            e = e.__cause__ or e.__context__
+        if isinstance(e, pickle.UnpicklingError):
+            return " ".join(str(e).split())
+        found = e if isinstance(e, BaseException) else found
+    return f"{type(found).__name__}: {' '.join(str(found).split())[:200]}"

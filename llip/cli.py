@@ -28,7 +28,9 @@ def cli(main: Callable) -> Callable:
         except ConfigError as exn:
             print(f"error: {exn}", file=sys.stderr)
             return 2
-        except Exception as exn:
+        except BaseException as exn:  # (DCP's CheckpointException is a BaseException)
+            if isinstance(exn, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
             line = storage_error(exn)  # a full disk or read-only output: one line, not a trace
             if line is None:
                 raise
@@ -50,9 +52,10 @@ _STORAGE_ERRNOS = {
 }
 
 
-def storage_error(exn: BaseException):
+def storage_error(exn: BaseException, where: str | None = None):
     """One line for an OSError of storage (wherever it hides in a chain of wrapped exceptions,
-    e.g. inside a checkpoint writer's or a worker process's), else None."""
+    e.g. inside a checkpoint writer's or a worker process's), else None. `where` names the
+    output the user gave, when the failing file is a temporary inside it."""
     seen = set()
     stack = [exn]
     while stack:
@@ -61,8 +64,7 @@ def storage_error(exn: BaseException):
             continue
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
-            where = e.filename or "output"
-            return f"cannot write {where}: {_STORAGE_ERRNOS[e.errno]}"
+            return f"cannot write {where or e.filename or 'output'}: {_STORAGE_ERRNOS[e.errno]}"
         stack += [e.__cause__, e.__context__]
         failures = getattr(e, "failures", None)  # torch.distributed.checkpoint's per-rank errors
         if isinstance(failures, dict):

@@ -24,6 +24,7 @@ import shutil
 import warnings
 
 import torch
+import torch.distributed.checkpoint.api as dcp_api
 import yaml
 
 from llip import checkpoint_files
@@ -195,5 +196,9 @@ def load_model(path: str, device="cpu"):
     cfg = read_config(ckpt)
     model = build_model(cfg)
     state = {"model": model.state_dict()}  # DCP loads in place into these tensors
-    checkpoint_files.load_dcp(state, ckpt)
+    try:
+        checkpoint_files.load_dcp(state, ckpt)
+    except (Exception, dcp_api.CheckpointException) as exn:  # DCP wraps reader failures
+        raise ConfigError(f"checkpoint {ckpt} cannot be loaded: {checkpoint_files.cause(exn)}"
+                          ) from None
     return model.to(device).eval(), cfg, step_of(ckpt)

@@ -15,6 +15,7 @@ spinning forever on none of it.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 
@@ -88,8 +89,8 @@ class ShardWatch:
         self.sources = sources or [[]]
         self.source_of = {u: i for i, urls in reversed(list(enumerate(self.sources)))
                           for u in urls}
-        n = len(self.sources)
-        self.drawn, self.read, self.decoded, self.failed = [0] * n, [0] * n, [0] * n, [0] * n
+        self.drawn, self.read, self.decoded, self.failed = (collections.Counter()
+                                                            for _ in range(4))
         self.draws_since_sample = 0
         self.parent_pid = parent_pid
 
@@ -98,6 +99,7 @@ class ShardWatch:
             if self.parent_pid is not None and os.getppid() != self.parent_pid:
                 os._exit(0)  # a worker whose trainer died: nobody will ever read its batches
             source = shard.get("source", self.source_of.get(shard["url"], 0))
+            self.source_of.setdefault(shard["url"], source)  # a stream of unknown sources
             self._check_empty(source, shard["url"])
             self.drawn[source] += 1
             self.draws_since_sample += 1
@@ -125,7 +127,7 @@ class ShardWatch:
                             f"{_one_line(exn)}): fix or remove that source")
 
     def describe(self, source: int) -> str:
-        urls = self.sources[source]
+        urls = self.sources[source] if source < len(self.sources) else []
         where = (f"{urls[0]} ... ({len(urls)} shards)" if len(urls) > 1 else urls[0]) if urls \
             else "the stream"
         return f"train_data source {source + 1} ({where})" if len(self.sources) > 1 else where

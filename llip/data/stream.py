@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import random
+import signal
 from urllib.parse import urlparse
 
 import braceexpand
@@ -33,7 +34,11 @@ TEXT_KEYS = "json;txt"  # json {"captions": [...]} first: one random caption per
 
 
 def expand_sources(spec: str) -> list[list[str]]:
-    return [list(braceexpand.braceexpand(s.strip())) for s in spec.split("::") if s.strip()]
+    try:
+        return [list(braceexpand.braceexpand(s.strip())) for s in spec.split("::") if s.strip()]
+    except braceexpand.UnbalancedBracesError:
+        raise ConfigError(f"shard spec {spec!r} has unbalanced braces: write ranges as "
+                          "{000000..000099}") from None
 
 
 def parse_weights(weights: str, n_sources: int) -> list[float]:
@@ -70,11 +75,24 @@ def manifest_samples(sources: list[list[str]]):
         manifest = os.path.join(os.path.dirname(paths[0]), "manifest.json")
         if not os.path.exists(manifest):
             return None
-        counts = read_json(manifest)["shards"]
+        counts = _manifest_counts(manifest)
         if any(os.path.basename(p) not in counts for p in paths):
             return None
         total += sum(counts[os.path.basename(p)] for p in paths)
     return total
+
+
+def _manifest_counts(path: str) -> dict:
+    """{shard name: samples} of a manifest.json, checked: it may be hand-edited or foreign."""
+    try:
+        counts = read_json(path).get("shards")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        counts = None
+    if not isinstance(counts, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values()):
+        raise ConfigError(f"{path} is not a manifest of llip.data.convert ({{\"shards\": "
+                          "{name: samples}}): fix or remove it")
+    return counts
 
 
 def with_dataset_size(cfg):
@@ -208,4 +226,18 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
         resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
+        prefetch_factor=4 if cfg.workers else None, persistent_workers=False,
+        worker_init_fn=die_with_parent)
+
+
+def die_with_parent(_worker_id=None) -> None:
+    """Linux: the kernel kills this worker when the trainer dies, even while the worker is
+    blocked inside a read (a hung pipe: URL, a stalled mount) where no Python check runs."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call: nobody is left to notify us
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass  # not Linux: ShardWatch's per-shard parent check remains

@@ -16,6 +16,7 @@ import time
 
 import torch
 import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.api as dcp_api
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from llip import checkpoint_files as cf
@@ -76,7 +77,10 @@ def load(path: str, model, optimizer) -> dict:
     state = {"model": model_sd, "optim": optim_sd,
              "trainer": {k: torch.as_tensor(v) for k, v in rd.read_marker(path).items()
                          if k not in _NOT_STATE}}
-    cf.load_dcp(state, path)
+    try:
+        cf.load_dcp(state, path)
+    except (Exception, dcp_api.CheckpointException) as exn:  # DCP wraps reader failures
+        raise ConfigError(f"checkpoint {path} cannot be loaded: {cf.cause(exn)}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     return {k: v.item() for k, v in state["trainer"].items()}

@@ -24,7 +24,7 @@ from llip.data.stream import (
 )
 from llip.losses import contrastive_loss
 from llip.models import build_model
-from llip.training import checkpoint, divergence, dist
+from llip.training import checkpoint, dist, divergence
 from llip.training.claim import claim_run_dir
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.optim import build_optimizer, lr_at
