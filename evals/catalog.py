@@ -26,13 +26,18 @@ Entry fields:
 Top-level "_groups": {"name": [dataset, ...]} names dataset suites: a sweep may list a group in
 `datasets`, and the aggregated table has a column average_<group> over exactly its members.
 Other top-level keys starting with "_" are comments.
+A catalog is data: a `pipe:` path (a shell command) is refused unless the user opts in with
+`llip-eval --allow-pipe` (a catalog cannot opt itself in).
 """
 import json
 import os
 import re
 
+import braceexpand
+
 from evals import prompts
 from llip.cli import ConfigError
+from llip.data.stream import expand_sources
 from llip.io import read_json, read_text
 
 TASKS = ("zeroshot_classification", "retrieval", "linear_probe", "knn", "multiple_choice",
@@ -51,6 +56,7 @@ OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", 
 PROBE_FIELDS = {"linear_probe": ("train_path", "train_split", "val_proportion"),
                 "knn": ("train_path", "train_split", "k")}
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
+ALLOW_PIPE = "_allow_pipe"  # set by the loader from the user's flag, never from a catalog
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -90,7 +96,18 @@ def _string_list(value, field: str, where: str, base_dir: str, allow_folder: boo
     return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
-def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
+def refuse_pipe(urls, entry) -> None:
+    """Shell commands as shard URLs only when the user allowed them for this sweep."""
+    if entry.get(ALLOW_PIPE):
+        return
+    for url in urls:
+        if url.strip().startswith("pipe:"):
+            raise ConfigError(f"dataset '{entry['name']}': path {url[:80]!r} is a shell command "
+                              "(pipe:); a catalog is data and runs no commands: give a file "
+                              "path, or pass --allow-pipe to llip-eval if you trust this catalog")
+
+
+def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=False) -> dict:
     where = f"catalog {source}: dataset '{name}'"
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be an object with task, format, path, metric")
@@ -113,7 +130,13 @@ def validate_entry(name: str, entry, source: str, base_dir: str) -> dict:
     unknown = set(entry) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    out = {**entry, "name": name, "path": expand(entry["path"])}
+    out = {**entry, "name": name, "path": expand(entry["path"]), ALLOW_PIPE: allow_pipe}
+    try:  # every shard URL: a brace alternative could hide a command
+        urls = [u for s in expand_sources(out["path"]) for u in s] \
+            if entry["format"] == "wds" else [out["path"]]
+    except braceexpand.UnbalancedBracesError:
+        raise ConfigError(f"{where}: path {out['path']!r} has unbalanced braces") from None
+    refuse_pipe(urls, out)
     if "image_root" in out:
         out["image_root"] = expand(out["image_root"])
     if entry["task"] in ("multiple_choice", "multilabel") and "label_key" not in entry:
@@ -201,7 +224,7 @@ def expand_names(names, catalog: dict, groups: dict) -> list:
     return list(dict.fromkeys(out))
 
 
-def load_catalogs(paths) -> dict:
+def load_catalogs(paths, allow_pipe: bool = False) -> dict:
     """Merge catalogs in order (later ones override earlier names); validate every entry."""
     merged = {}
     for path in paths:
@@ -210,5 +233,5 @@ def load_catalogs(paths) -> dict:
         for name, entry in raw.items():
             if name.startswith("_"):  # comments
                 continue
-            merged[name] = validate_entry(name, entry, path, base)
+            merged[name] = validate_entry(name, entry, path, base, allow_pipe)
     return merged

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from webdataset import tarfile_to_samples
 
+from evals.catalog import refuse_pipe
 from llip.cli import ConfigError
 from llip.data import IMAGE_KEYS, caption_list
 from llip.data.stream import expand_sources, local_path
@@ -62,6 +63,7 @@ def _resolve_image(entry, rel: str) -> str:
 
 def _shard_urls(entry) -> list[str]:
     urls = [u for s in expand_sources(entry["path"]) for u in s]
+    refuse_pipe(urls, entry)
     for url in urls:
         if local_path(url):
             _require(local_path(url), entry)
@@ -124,6 +126,12 @@ def _shard_loader(urls, entry, transform, target_key, batch_size, workers, rank,
     return torch.utils.data.DataLoader(
         _Shards(urls, entry, transform, target_key, rank, world), batch_size=batch_size,
         num_workers=workers)
+
+
+def _label(sample, key: str) -> int:
+    if key not in sample:
+        raise ValueError(f"sample {sample.get('__key__')!r} has no '{key}' member")
+    return int(sample[key].decode("ascii").strip())  # e.g. .cls: the class index as text
 
 
 # ------------------------------------------------------------ classification

@@ -128,10 +128,10 @@ def load_sweep(path: str) -> SweepConfig:
     return SweepConfig(**_check_types(_expand_values(raw), path))
 
 
-def build_tasks(sweep: SweepConfig):
+def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
     """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
     checkpoint that cannot be read (its tasks cannot run; the others still do)."""
-    catalog = load_catalogs(sweep.catalogs)
+    catalog = load_catalogs(sweep.catalogs, allow_pipe)
     groups = load_groups(sweep.catalogs)
     names = list(catalog) if sweep.datasets == "all" else \
         expand_names(sweep.datasets, catalog, groups)
@@ -233,8 +233,11 @@ def _slurm_reason(job, folder) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fname", required=True, help="YAML eval config")
-    sweep = load_sweep(parser.parse_args(argv).fname)
-    tasks, failures = build_tasks(sweep)
+    parser.add_argument("--allow-pipe", action="store_true",
+                        help="let catalog paths be pipe: shell commands (trusted catalogs only)")
+    args = parser.parse_args(argv)
+    sweep = load_sweep(args.fname)
+    tasks, failures = build_tasks(sweep, args.allow_pipe)
     for what, reason in failures:
         print(f"FAILED {what}: {reason}", flush=True)
     todo = [t for t in tasks if not is_done(t)]

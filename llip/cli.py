@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import functools
 import sys
 from typing import Callable
@@ -27,7 +28,48 @@ def cli(main: Callable) -> Callable:
         except ConfigError as exn:
             print(f"error: {exn}", file=sys.stderr)
             return 2
+        except BaseException as exn:  # (DCP's CheckpointException is a BaseException)
+            if isinstance(exn, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
+            line = storage_error(exn)  # a full disk or read-only output: one line, not a trace
+            if line is None:
+                raise
+            print(f"error: {line}", file=sys.stderr)
+            return 2
     return run
+
+
+# Storage failures the user fixes outside the program, with the fix to suggest.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device (disk full): free space or write elsewhere",
+    errno.EDQUOT: "disk quota exceeded: free space or write elsewhere",
+    errno.EROFS: "read-only file system: write elsewhere",
+    errno.EACCES: "permission denied: fix the permissions or write elsewhere",
+    errno.EPERM: "operation not permitted: fix the permissions or write elsewhere",
+    errno.ENOTDIR: "a parent of it is a file, not a directory: give a directory path",
+    errno.EISDIR: "it is a directory where a file was expected: give a file path",
+    errno.EEXIST: "it exists and is not a directory: give a directory path",
+}
+
+
+def storage_error(exn: BaseException, where: str | None = None):
+    """One line for an OSError of storage (wherever it hides in a chain of wrapped exceptions,
+    e.g. inside a checkpoint writer's or a worker process's), else None. `where` names the
+    output the user gave, when the failing file is a temporary inside it."""
+    seen = set()
+    stack = [exn]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _STORAGE_ERRNOS:
+            return f"cannot write {where or e.filename or 'output'}: {_STORAGE_ERRNOS[e.errno]}"
+        stack += [e.__cause__, e.__context__]
+        failures = getattr(e, "failures", None)  # torch.distributed.checkpoint's per-rank errors
+        if isinstance(failures, dict):
+            stack += [f for f in failures.values() if isinstance(f, BaseException)]
+    return None
 
 
 def closest(word: str, candidates, n: int = 3) -> str:
@@ -52,13 +94,13 @@ def parse_value(field: dataclasses.Field, text: str):
                 return False
             raise ValueError
         if kind is int:
-            # Accept 2e9 for sample counts, but never silently truncate 2.5.
+            # Accept 2e9 for sample counts, but never silently truncate 2.5 (or take 1e999).
             value = float(text) if "e" in text.lower() else int(text)
             if value != int(value):
                 raise ValueError
             return int(value)
         return kind(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ConfigError(f"bad value for {field.name}: {text!r} is not a valid "
                           f"{kind.__name__}") from None
 

@@ -10,6 +10,7 @@ import dataclasses
 import math
 
 from llip.cli import ConfigError
+from llip.config_checks import check_values
 
 LOSSES = ("clip", "siglip", "llip")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -76,6 +77,7 @@ class RunConfig:
     workers: int = 4  # DataLoader workers per rank
     shuffle_buffer: int = 1000  # samples per worker
     seed: int = 0
+    max_corrupt_fraction: float = 0.5  # of a worker's last 1000 samples; more ends the run
 
     # --- optimisation ---
     batch_size: int = 32768  # global, across all ranks
@@ -143,6 +145,7 @@ class RunConfig:
         return float(self.init_logit_bias)
 
     def validate(self) -> "RunConfig":
+        check_values(self)  # types, ranges, finiteness, safe strings (llip/config_checks.py)
         _choice("loss", self.loss, LOSSES)
         _choice("precision", self.precision, PRECISIONS)
         _choice("schedule", self.schedule, SCHEDULES)

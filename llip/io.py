@@ -6,6 +6,7 @@ torn one, whatever kills the writer.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -47,3 +48,12 @@ def read_json(path: str):
 def read_text(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
+
+
+def sha256_file(path: str, chunk: int = 8 << 20) -> str:
+    """Streaming sha256 (hashlib releases the GIL: threads hash several files in parallel)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,7 +9,9 @@
 
 A checkpoint counts only once COMPLETE exists (it is written last, then the directory is renamed
 from step_XXXXXXXX.tmp); `latest` is the newest complete one. A checkpoint directory is
-self-describing: loading it needs nothing from the directories above it.
+self-describing: loading it needs nothing from the directories above it. COMPLETE records the
+sha256 of every other file; loading verifies them first (llip.checkpoint_files). A checkpoint
+that fails verification at resume is renamed step_XXXXXXXX.corrupt (kept, never listed).
 
 Export: one file {"state_dict", "config", "step"} of plain tensors and Python values, loadable
 with torch.load(weights_only=True); as .safetensors, config (JSON) and step are in the metadata.
@@ -25,9 +27,10 @@ import shutil
 import warnings
 
 import torch
-import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.api as dcp_api
 import yaml
 
+from llip import checkpoint_files
 from llip.cli import ConfigError
 from llip.config import RunConfig, from_dict, to_dict
 from llip.io import atomic_path, atomic_write, read_json, write_json
@@ -63,10 +66,22 @@ def read_config(directory: str) -> RunConfig:
     if not os.path.exists(path):
         raise ConfigError(f"no {CONFIG} in {directory}: is it a run or checkpoint directory "
                           "of llip.main?")
-    with open(path, encoding="utf-8") as f:
-        saved = yaml.safe_load(f)
+    saved = read_config_dict(directory)
     saved.pop("git_commit", None)
     return from_dict(saved)
+
+
+def read_config_dict(directory: str) -> dict:
+    """config.yaml as a plain dict (yaml.safe_load: never runs code)."""
+    path = os.path.join(directory, CONFIG)
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = yaml.safe_load(f)
+    except (yaml.YAMLError, UnicodeDecodeError) as exn:
+        raise ConfigError(f"{path} is not valid YAML ({str(exn).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} is not a mapping of config keys")
+    return saved
 
 
 # ---------------------------------------------------------------- checkpoints/
@@ -96,7 +111,14 @@ def latest(run_dir: str) -> str | None:
 
 
 def read_marker(path: str) -> dict:
-    return read_json(os.path.join(path, MARKER))
+    try:
+        marker = read_json(os.path.join(path, MARKER))
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigError(f"{os.path.join(path, MARKER)} is not valid JSON: the checkpoint is "
+                          "corrupt") from None
+    if not isinstance(marker, dict) or not isinstance(marker.get("step"), int):
+        raise ConfigError(f"{os.path.join(path, MARKER)} has no step: the checkpoint is corrupt")
+    return marker
 
 
 def write_marker(path: str, state: dict) -> None:
@@ -123,6 +145,29 @@ def prune(run_dir: str, keep_last: int, keep_every: int = 0) -> None:
         step = int(_STEP_DIR.match(os.path.basename(old)).group(1))
         if not (keep_every and step % keep_every == 0):
             shutil.rmtree(old, ignore_errors=True)
+
+
+def verification_problem(path: str):
+    """None if every file of a complete checkpoint matches its digest, else one line saying what
+    is wrong (or that there are no digests and the user did not opt in to trust it)."""
+    try:
+        recorded = read_marker(path).get("files")
+    except ConfigError as exn:
+        return str(exn)
+    if not recorded:
+        return None if checkpoint_files.trusted_without_digests() else \
+            checkpoint_files.missing_digests_message(path)
+    found = checkpoint_files.problems(path, recorded)
+    return f"checkpoint {path} is corrupt: {found[0]}" + \
+        (f" (and {len(found) - 1} more)" if len(found) > 1 else "") if found else None
+
+
+def mark_corrupt(path: str) -> str:
+    """Move a checkpoint that failed verification out of the listing (kept for inspection)."""
+    aside = path + ".corrupt"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.rename(path, aside)
+    return aside
 
 
 def resolve_checkpoint(path: str) -> str:
@@ -167,10 +212,17 @@ def load_model(path: str, device="cpu", config: str = ""):
         raise ConfigError(f"checkpoint {path} does not exist: give a run dir, a "
                           "checkpoints/step_* dir or an exported .pt file")
     ckpt = resolve_checkpoint(path)
+    problem = verification_problem(ckpt)
+    if problem:
+        raise ConfigError(f"{problem}: use another checkpoint")
     cfg = read_config(ckpt)
     model = build_model(cfg)
     apply_tuning(model, cfg)  # a tuned run's checkpoint holds its LoRA adapters
     state = {"model": model.state_dict()}  # DCP loads in place into these tensors
-    dcp.load(state, checkpoint_id=ckpt)
+    try:
+        checkpoint_files.load_dcp(state, ckpt)
+    except (Exception, dcp_api.CheckpointException) as exn:  # DCP wraps reader failures
+        raise ConfigError(f"checkpoint {ckpt} cannot be loaded: {checkpoint_files.cause(exn)}"
+                          ) from None
     merge_lora(model)
     return model.to(device).eval(), cfg, step_of(ckpt)

@@ -35,8 +35,8 @@ def scan(spec: str, grid_size: int = 16) -> dict:
     for sample in wds.tarfile_to_samples(handler=shard_error)({"url": u} for u in urls):
         key = f"{sample.get('__url__', '?')}:{sample.get('__key__', '?')}"
         image_key = next((k for k in IMAGE_EXTS if k in sample), None)
-        captions = caption_list(sample.get("json", sample.get("txt", b"")))
         try:
+            captions = caption_list(sample.get("json", sample.get("txt", b"")))
             if image_key is None:
                 raise ValueError("no image member")
             with Image.open(io.BytesIO(sample[image_key])) as image:

@@ -11,12 +11,16 @@
 * Every batch also carries a 32-bit digest of its samples' keys and captions, computed in the
   worker: a cheap fingerprint of which samples a step trained on (resume tests compare it step by
   step), instead of reducing the pixels on the training device.
+* Too much corruption, or a source that yields nothing, ends the run (llip.data.health).
+* Shards are data, never code: only the image and caption members of a sample are decoded
+  (PIL and UTF-8 text / JSON); other members (.pyd, .pth, ...) are never unpickled or loaded.
 """
 import dataclasses
 import hashlib
 import logging
 import os
 import random
+import signal
 import zlib
 from urllib.parse import urlparse
 
@@ -25,16 +29,20 @@ import torch
 import webdataset as wds
 
 from llip.cli import ConfigError
-from llip.data import IMAGE_KEYS, caption_list
+from llip.data import caption_list, sample_image
+from llip.data.health import DataError, ShardWatch, SkipCounter
 from llip.io import read_json
 
 log = logging.getLogger("llip.data")
 TEXT_KEYS = "json;txt"  # json {"captions": [...]} first: one random caption per use
-MAX_CONSECUTIVE_SHARD_ERRORS = 200  # a stream where nothing is readable must fail, not spin
 
 
 def expand_sources(spec: str) -> list[list[str]]:
-    return [list(braceexpand.braceexpand(s.strip())) for s in spec.split("::") if s.strip()]
+    try:
+        return [list(braceexpand.braceexpand(s.strip())) for s in spec.split("::") if s.strip()]
+    except braceexpand.UnbalancedBracesError:
+        raise ConfigError(f"shard spec {spec!r} has unbalanced braces: write ranges as "
+                          "{000000..000099}") from None
 
 
 def parse_weights(weights: str, n_sources: int) -> list[float]:
@@ -90,11 +98,24 @@ def manifest_samples(sources: list[list[str]]):
         manifest = os.path.join(os.path.dirname(paths[0]), "manifest.json")
         if not os.path.exists(manifest):
             return None
-        counts = read_json(manifest)["shards"]
+        counts = _manifest_counts(manifest)
         if any(os.path.basename(p) not in counts for p in paths):
             return None
         total += sum(counts[os.path.basename(p)] for p in paths)
     return total
+
+
+def _manifest_counts(path: str) -> dict:
+    """{shard name: samples} of a manifest.json, checked: it may be hand-edited or foreign."""
+    try:
+        counts = read_json(path).get("shards")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        counts = None
+    if not isinstance(counts, dict) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts.values()):
+        raise ConfigError(f"{path} is not a manifest of llip.data.convert ({{\"shards\": "
+                          "{name: samples}}): fix or remove it")
+    return counts
 
 
 def with_dataset_size(cfg):
@@ -116,32 +137,10 @@ def stream_seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-class SkipCounter:
-    """A webdataset handler: warn, count, continue."""
-
-    def __init__(self, what: str):
-        self.what, self.count, self.consecutive = what, 0, 0
-
-    def __call__(self, exn: Exception) -> bool:
-        self.count += 1
-        self.consecutive += 1
-        if self.count <= 5 or self.count % 1000 == 0:
-            log.warning("skipping %s (%d so far): %s: %s", self.what, self.count,
-                        type(exn).__name__, str(exn)[:200])
-        if self.consecutive > MAX_CONSECUTIVE_SHARD_ERRORS:
-            raise RuntimeError(f"{self.consecutive} consecutive unreadable {self.what}s: "
-                               "check train_data and storage access") from exn
-        return True
-
-    def take(self) -> int:
-        n, self.count, self.consecutive = self.count, 0, 0
-        return n
-
-
 def _resampled_shards(sources, weights, rng):
-    while True:
-        urls = rng.choices(sources, weights=weights)[0]
-        yield {"url": rng.choice(urls)}
+    while True:  # choices over indices draws exactly as over the sources themselves
+        source = rng.choices(range(len(sources)), weights=weights)[0]
+        yield {"url": rng.choice(sources[source]), "source": source}
 
 
 def _partitioned_shards(sources, rng, index, count):
@@ -149,8 +148,8 @@ def _partitioned_shards(sources, rng, index, count):
     every pass."""
     urls = [u for s in sources for u in s]
     if len(urls) < count:
-        raise RuntimeError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
-                           f"found {len(urls)}: use dataset_resampled=true")
+        raise DataError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
+                        f"found {len(urls)}: use dataset_resampled=true")
     while True:
         order = urls[:]
         random.Random(rng.random()).shuffle(order)  # same permutation on every (rank, worker)
@@ -161,12 +160,13 @@ def _partitioned_shards(sources, rng, index, count):
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, sources, weights, transform, tokenizer, batch_size: int, *,
                  shuffle_buffer: int, seed: int, rank: int, world_size: int, start_step: int,
-                 resampled: bool = True):
+                 resampled: bool = True, max_corrupt_fraction: float = 0.5):
         super().__init__()
         self.sources, self.weights = sources, weights
         self.transform, self.tokenizer, self.batch_size = transform, tokenizer, batch_size
         self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
         self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
+        self.max_corrupt_fraction = max_corrupt_fraction
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -174,7 +174,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         rng = random.Random(stream_seed(self.seed, self.rank, worker, self.start_step))
         if info is not None:  # augmentations draw from torch's RNG inside the worker
             torch.manual_seed(stream_seed(self.seed, self.rank, worker, self.start_step, 1))
-        shard_errors, sample_errors = SkipCounter("shard"), SkipCounter("sample")
+        shard_errors = SkipCounter("shard")
+        sample_errors = SkipCounter("sample", self.max_corrupt_fraction)
+        watch = ShardWatch(self.sources, parent_pid=os.getppid() if info else None)
         if self.resampled:
             shards = _resampled_shards(self.sources, self.weights, rng)
         else:
@@ -183,7 +185,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                                          self.world_size * n_workers)
         images, captions, digest = [], [], 0
         for image, caption, key in decode_samples(shards, self.transform, self.shuffle_buffer,
-                                                  rng, shard_errors, sample_errors):
+                                                  rng, shard_errors, sample_errors, watch):
             images.append(image)
             captions.append(caption)
             digest = (digest + sample_digest(key, caption)) % 2 ** 32
@@ -194,27 +196,40 @@ class ShardStream(torch.utils.data.IterableDataset):
 
 
 def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
-                   shard_errors: SkipCounter, sample_errors: SkipCounter):
+                   shard_errors: SkipCounter, sample_errors: SkipCounter,
+                   watch: ShardWatch | None = None):
     """{"url": ...} dicts -> (image tensor, caption, key); every failure is counted and
     skipped."""
-    samples = wds.tarfile_to_samples(handler=shard_errors)(shards)
+    watch = watch or ShardWatch(None)
+    samples = watch.read_samples(wds.tarfile_to_samples(handler=shard_errors)(watch.urls(shards)))
     if shuffle_buffer > 1:
         samples = wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=rng)(samples)
-    samples = wds.decode("pilrgb", handler=sample_errors)(samples)
-    for key, image, text in wds.to_tuple("__key__", IMAGE_KEYS, TEXT_KEYS,
-                                         handler=sample_errors)(samples):
+    for sample in samples:
         try:
-            captions = caption_list(text)
+            image, captions = image_and_captions(sample)
             if not captions:
                 raise ValueError("sample has no caption")
             # one caption: no draw, so the stream's RNG sequence does not depend on caption counts
             caption = captions[0] if len(captions) == 1 else rng.choice(captions)
-            item = transform(image), caption, key
+            item = transform(image), caption, sample.get("__key__", "")
         except Exception as exn:  # noqa: BLE001 - any bad sample is skipped and counted
+            watch.bad(sample, exn)
             sample_errors(exn)
             continue
-        shard_errors.consecutive = 0
+        watch.good(sample)
+        sample_errors.ok()
         yield item
+
+
+_TEXT_EXTS = TEXT_KEYS.split(";")
+
+
+def image_and_captions(sample: dict):
+    """The RGB image and caption list of a raw sample, decoding only those two members."""
+    text_key = next((k for k in _TEXT_EXTS if k in sample), None)
+    if text_key is None:
+        raise ValueError(f"sample {sample.get('__key__')!r} has no caption member ({TEXT_KEYS})")
+    return sample_image(sample), caption_list(sample[text_key])
 
 
 def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, transform,
@@ -224,11 +239,29 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
     Shards are not checked here: the stream restarts at every checkpoint on every rank, and a
     stat per shard per rank per restart is a metadata storm on a parallel file system."""
     sources = expand_sources(cfg.train_data)
+    n_shards, n_readers = sum(map(len, sources)), world_size * max(1, cfg.workers)
+    if not cfg.dataset_resampled and n_shards < n_readers:
+        raise ConfigError(f"dataset_resampled=false needs >= {n_readers} shards (ranks x "
+                          f"workers), found {n_shards}: use dataset_resampled=true")
     dataset = ShardStream(
         sources, parse_weights(cfg.train_data_weights, len(sources)), transform, tokenizer,
         local_batch_size(cfg, world_size), shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
         rank=world_rank, world_size=world_size, start_step=start_step,
-        resampled=cfg.dataset_resampled)
+        resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if cfg.workers else None, persistent_workers=False)
+        prefetch_factor=4 if cfg.workers else None, persistent_workers=False,
+        worker_init_fn=die_with_parent)
+
+
+def die_with_parent(_worker_id=None) -> None:
+    """Linux: the kernel kills this worker when the trainer dies, even while the worker is
+    blocked inside a read (a hung pipe: URL, a stalled mount) where no Python check runs."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call: nobody is left to notify us
+            os._exit(0)
+    except (OSError, AttributeError):
+        pass  # not Linux: ShardWatch's per-shard parent check remains

@@ -12,6 +12,11 @@ rank 0's save has finished, all ranks' files are on disk: only then are the mark
 done, by rank 0 alone, without stopping the other ranks. A new save first waits for the previous
 one; the end of training waits for the last; a SIGTERM (where nothing else handles it) ends the
 run through the same wait, so a save in flight still completes.
+Every checkpoint's COMPLETE marker records the sha256 and size of each of its files (hashed by
+the main rank once all files are on disk). Resume verifies the newest checkpoint's digests (each
+rank its share, the verdict shared by all) before reading it, and falls back to the previous one,
+with a warning, if it does not verify. Reading without running code and the digests belong to
+llip.checkpoint_files.
 """
 import logging
 import os
@@ -22,13 +27,18 @@ import time
 
 import torch
 import torch.distributed.checkpoint as dcp
+import torch.distributed.checkpoint.api as dcp_api
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from llip import checkpoint_files as cf
 from llip import run_dir as rd
+from llip.cli import ConfigError
 from llip.training import dist
 
 log = logging.getLogger("llip.train")
 WAIT_AFTER_FAILURE_S = 600  # a run that failed still lets a save in flight finish, this long
+_NOT_STATE = ("time", "files")  # marker entries that are not trainer state
+
 
 
 def _start(run_dir: str, step: int, is_main: bool) -> tuple[str, str]:
@@ -48,9 +58,10 @@ def _state(model, optimizer, trainer_state: dict) -> dict:
 
 
 def _complete(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict) -> None:
-    """Main rank, after every rank's files are written: mark, rename, prune."""
+    """Main rank, after every rank's files are written: digests, mark, rename, prune."""
     rd.write_config(tmp, cfg)
-    rd.write_marker(tmp, {**trainer_state, "time": time.time()})
+    recorded = cf.digests(tmp, _saved_files(tmp, None))
+    rd.write_marker(tmp, {**trainer_state, "time": time.time(), "files": recorded})
     if os.path.exists(final):  # re-saving the same step (e.g. resumed at the very end)
         shutil.rmtree(final)
     os.rename(tmp, final)
@@ -129,13 +140,72 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
+def _saved_files(directory: str, metadata) -> list[str]:
+    """Every file of the checkpoint, from DCP's own record of what it wrote (the same on every
+    rank, and no directory listing that a network file system may show stale)."""
+    storage = getattr(metadata, "storage_data", None)
+    if isinstance(storage, dict):
+        data = {str(info.relative_path) for info in storage.values()}
+    else:
+        data = {n for n in os.listdir(directory) if n.endswith(".distcp")}
+    return sorted(data | {cf.METADATA, rd.CONFIG})
+
+
 def load(path: str, model, optimizer) -> dict:
-    """Load into (possibly sharded) model and optimizer in place; return the trainer state."""
+    """Load into (possibly sharded) model and optimizer in place; return the trainer state.
+    The caller has verified `path` (resume)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd,
              "trainer": {k: torch.as_tensor(v) for k, v in rd.read_marker(path).items()
-                         if k != "time"}}
-    dcp.load(state, checkpoint_id=path)
+                         if k not in _NOT_STATE}}
+    try:
+        cf.load_dcp(state, path)
+    except (Exception, dcp_api.CheckpointException) as exn:  # DCP wraps reader failures
+        raise ConfigError(f"checkpoint {path} cannot be loaded: {cf.cause(exn)}") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     return {k: v.item() for k, v in state["trainer"].items()}
+
+
+def resume(run_dir: str, model, optimizer, world) -> int:
+    """Load the newest checkpoint that verifies on every rank and return its step (0: none).
+    One that does not verify is moved aside (step_X.corrupt) with a warning and the previous
+    one is tried; if none verifies the run stops rather than silently start over."""
+    if world.is_main:
+        rd.clean_partial(run_dir)
+    dist.barrier()
+    candidates = dist.all_gather_object(rd.complete_checkpoints(run_dir))[0]  # rank 0's view
+    first_problem = None
+    for path in reversed(candidates):
+        problem, corrupt = _verify_on_all_ranks(path, world)
+        if problem is None:
+            state = load(path, model, optimizer)
+            if world.is_main:
+                print(f"resumed from {path} at step {state['step']}", flush=True)
+            return int(state["step"])
+        first_problem = first_problem or problem
+        if world.is_main:
+            moved = f"; moved to {rd.mark_corrupt(path)}" if corrupt else ""
+            log.warning("%s%s; falling back to the previous checkpoint", problem, moved)
+        dist.barrier()
+    if candidates:
+        raise ConfigError(f"no checkpoint of {run_dir} can be resumed; newest: {first_problem}")
+    return 0
+
+
+def _verify_on_all_ranks(path: str, world):
+    """(one line saying why `path` cannot be resumed, or None; whether it is corrupt, not just
+    unverifiable), the same on every rank: each hashes its share of the files."""
+    try:
+        recorded = rd.read_marker(path).get("files")
+    except ConfigError as exn:
+        return str(exn), True
+    if not recorded:
+        trusted = cf.trusted_without_digests()
+        return (None if trusted else cf.missing_digests_message(path)), False
+    mine = {n: d for n, d in recorded.items() if cf.owner(n, world.size) == world.rank}
+    found = [p for share in dist.all_gather_object(cf.problems(path, mine)) for p in share]
+    if not found:
+        return None, False
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"checkpoint {path} is corrupt: {found[0]}{more}", True

@@ -124,6 +124,22 @@ def all_reduce_max(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def rank_and_size() -> tuple[int, int]:
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's picklable `obj`, in rank order (a collective: all ranks call it). Used for
+    small values our own ranks produced (file digests, verdicts), never for outside data."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        out = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -48,6 +48,15 @@ class Window:
         return dict(zip(self.mean + self.total, values))
 
 
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def _eta(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
@@ -64,11 +73,24 @@ class MetricsLogger:
             self.wandb = _start_wandb(run_dir, cfg)
 
     def _truncate_after(self, step: int) -> None:
+        """Keep the rows up to the resumed step; a row that does not parse (the torn last line
+        of a run killed mid-write) is dropped with a warning."""
         if not os.path.exists(self.path):
             return
-        rows = [line for line in read_text(self.path).splitlines(keepends=True) if line.strip()]
-        kept = [r for r in rows if json.loads(r)["step"] <= step]
-        if len(kept) != len(rows):
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            rows = [line for line in f.read().splitlines() if line.strip()]
+        kept = []
+        for i, row in enumerate(rows, 1):
+            try:
+                parsed = json.loads(row)
+                keep = parsed["step"] <= step
+            except (ValueError, TypeError, KeyError):
+                log.warning("dropping unreadable line %d of %s (a write cut short): %.80s", i,
+                            self.path, row)
+                keep = False
+            if keep:
+                kept.append(row + "\n")
+        if len(kept) != len(rows) or not _ends_with_newline(self.path):
             atomic_write(self.path, "".join(kept))
 
     def log(self, step: int, metrics: dict, samples_per_s: float, eta_s: float) -> None:

@@ -24,8 +24,9 @@ from llip.data.stream import (
 )
 from llip.losses import contrastive_loss
 from llip.models.pretrained import check_init_from
-from llip.training import checkpoint, dist
+from llip.training import checkpoint, dist, divergence
 from llip.training.accumulate import accumulate_gradients
+from llip.training.claim import claim_run_dir
 from llip.training.evaluate import Evaluator, eval_entries
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.model_setup import build_for_training
@@ -104,33 +105,32 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = parallelize(build_for_training(cfg, run_dir, world.is_main), cfg, world)
         optimizer = build_optimizer(model, cfg)
-        start = self._resume(run_dir, model, optimizer, world)
-        if world.is_main:
-            self._write_run_files(run_dir, start, world.size)
-        logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
+        lock = claim_run_dir(run_dir, cfg, world)  # one run, one config per run dir
         try:
-            with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver:
-                self._loop(model, optimizer, world, start, logger, saver, Meter(cfg, world, flops))
+            start = checkpoint.resume(run_dir, model, optimizer, world)  # verified, or previous
+            if start > cfg.total_steps:
+                raise ConfigError(f"{run_dir} is at step {start}, past this config's "
+                                  f"{cfg.total_steps} steps: raise epochs to train on")
+            if world.is_main:
+                self._write_run_files(run_dir, start, world.size)
+            logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
+            try:
+                with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver:
+                    self._loop(model, optimizer, world, start, logger, saver,
+                               Meter(cfg, world, flops))
+            finally:
+                logger.close()
         finally:
-            logger.close()
+            if lock is not None:
+                lock.release()
         return run_dir
-
-    def _resume(self, run_dir, model, optimizer, world) -> int:
-        if world.is_main:
-            rd.clean_partial(run_dir)
-        dist.barrier()
-        path = rd.latest(run_dir)
-        if path is None:
-            return 0
-        state = checkpoint.load(path, model, optimizer)
-        if world.is_main:
-            print(f"resumed from {path} at step {state['step']}", flush=True)
-        return int(state["step"])
 
     def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
         rd.write_config(run_dir, self.cfg, git_commit=_git_commit())
-        print(f"run dir {run_dir} ({'resuming at step %d' % start if start else 'new run'}), "
+        state = "new run" if not start else "already complete: nothing to do" \
+            if start == self.cfg.total_steps else f"resuming at step {start}"
+        print(f"run dir {run_dir} ({state}), "
               f"{self.cfg.total_steps} steps of {self.cfg.batch_size} samples on {world_size} "
               "process(es)", flush=True)
 
@@ -151,6 +151,7 @@ class Trainer:
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
         evaluator = Evaluator(cfg, world)
+        last_saved = start
         for step in range(start, cfg.total_steps):
             images, tokens, counts = meter.next_batch(batches)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
@@ -171,14 +172,17 @@ class Trainer:
                                   "samples_seen": done * cfg.batch_size},
                            steps * cfg.batch_size / elapsed,
                            (cfg.total_steps - done) * elapsed / steps)
+                divergence.check_logged_loss(metrics["loss"], done, cfg, last_saved)
             if evaluator.due(done):  # before the checkpoint: a resume from it redoes no eval
                 with meter.paused():  # eval time is not training throughput
                     logger.log_eval(done, *evaluator(model))
             if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
+                divergence.check_before_save(window, model, done, cfg, last_saved)
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)
                 saver.save(done, model, optimizer,
                            {"step": done, "samples_seen": done * cfg.batch_size})
+                last_saved = done
 
 
 def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> torch.Tensor:

@@ -70,8 +70,8 @@ def test_json_converter_round_trip_with_failures_report_and_resume(images, tmp_p
     before = {f: os.path.getmtime(out / f) for f in os.listdir(out) if f.endswith(".tar")}
     os.remove(out / "shard-000001.tar")
     os.remove(out / ".shard-000001.tar.json")
-    again = convert(read_json(str(src), str(images)), str(out), per_shard=2, workers=2,
-                    progress=False)
+    again = convert(read_json(str(src), str(images)), str(out), per_shard=2, resize=32,
+                    workers=2, progress=False)
     assert again == manifest
     after = {f: os.path.getmtime(out / f) for f in os.listdir(out) if f.endswith(".tar")}
     assert after["shard-000000.tar"] == before["shard-000000.tar"]

@@ -10,6 +10,7 @@ from PIL import Image
 
 from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
+from llip.data.health import DataError
 from llip.data.stream import (
     ShardStream,
     SkipCounter,
@@ -87,7 +88,7 @@ def test_stream_with_corrupt_shards_keeps_flowing_and_reports_counts(shards):
 def test_all_shards_unreadable_fails_instead_of_spinning(tmp_path):
     shard_errors, sample_errors = SkipCounter("shard"), SkipCounter("sample")
     urls = ({"url": f"pipe:cat {tmp_path}/none-{i}.tar"} for i in range(1000))
-    with pytest.raises(RuntimeError, match="consecutive unreadable shard"):
+    with pytest.raises(DataError, match="yielded no samples from 20 shard reads"):
         list(decode_samples(urls, _identity, 0, random.Random(0), shard_errors, sample_errors))
 
 
@@ -136,7 +137,7 @@ def test_partitioned_shards_without_resampling_cover_each_sample_once_per_pass(t
     for seen in passes:
         assert sorted(seen[0] + seen[1]) == everything
     assert passes[0] != passes[1]  # reshuffled between passes
-    with pytest.raises(RuntimeError, match="needs >= 16 shards"):
+    with pytest.raises(DataError, match="needs >= 16 shards"):
         next(iter(ShardStream([urls], [1.0], lambda image: torch.zeros(1), list, batch_size=4,
                               shuffle_buffer=0, seed=3, rank=0, world_size=16, start_step=0,
                               resampled=False)))

@@ -1,0 +1,110 @@
+"""Fault injection on real runs: corrupt and hostile checkpoints, a held run dir, a changed
+config, divergence. One short training run is shared; each test works on its own copy."""
+import json
+import os
+import pickle
+import shutil
+
+import pytest
+
+from conftest import run_cli
+from llip import run_dir as rd
+from llip.io import sha256_file
+
+
+def _args(digits, logs, *extra):
+    return ["-m", "llip.main", "clip_tiny", f"train_data={digits['train']}", f"logs={logs}",
+            "name=run", "train_num_samples=160", "checkpoint_every=5", "log_every=5",
+            "keep_last=5", *extra]
+
+
+@pytest.fixture(scope="module")
+def base_run(digits, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("fault_base")
+    done = run_cli(*_args(digits, logs))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return logs
+
+
+@pytest.fixture
+def run(base_run, tmp_path):
+    shutil.copytree(base_run, tmp_path / "logs")
+    return tmp_path / "logs"
+
+
+def _one_error(result, needle):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-1].startswith("error:") and needle in lines[-1], lines[-1]
+
+
+class _Touch:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_flipped_byte_is_refused_and_resume_falls_back(digits, run, tmp_path):
+    newest = rd.checkpoint_dir(str(run / "run"), 10)
+    data = os.path.join(newest, "__0_0.distcp")
+    blob = bytearray(open(data, "rb").read())
+    blob[len(blob) // 2] ^= 0xFF
+    open(data, "wb").write(bytes(blob))
+    _one_error(run_cli("-m", "llip.training.export", newest, str(tmp_path / "m.pt")),
+               "does not match its sha256 digest")
+    resumed = run_cli(*_args(digits, run, "epochs=2"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "falling back" in resumed.stderr and "at step 5" in resumed.stdout
+    assert os.path.isdir(newest + ".corrupt")  # kept for inspection, never listed
+    assert rd.latest(str(run / "run")).endswith("step_00000020")
+
+
+def test_hostile_metadata_never_runs_even_with_valid_digests(run, tmp_path):
+    marker = tmp_path / "executed"
+    ckpt = rd.checkpoint_dir(str(run / "run"), 10)
+    meta = os.path.join(ckpt, ".metadata")
+    open(meta, "wb").write(pickle.dumps(_Touch(marker)))
+    marker_json = json.load(open(os.path.join(ckpt, "COMPLETE")))
+    marker_json["files"][".metadata"] = {"sha256": sha256_file(meta),
+                                         "bytes": os.path.getsize(meta)}
+    json.dump(marker_json, open(os.path.join(ckpt, "COMPLETE"), "w"))
+    _one_error(run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt")),
+               "refusing to load it")
+    assert not marker.exists()
+    del marker_json["files"]  # a foreign dir without digests: refused unless trusted
+    json.dump(marker_json, open(os.path.join(ckpt, "COMPLETE"), "w"))
+    _one_error(run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt")),
+               "LLIP_TRUST_CHECKPOINT=1")
+    trusted = run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt"),
+                      env={"LLIP_TRUST_CHECKPOINT": "1"})
+    _one_error(trusted, "refusing to load it")
+    assert not marker.exists()
+
+
+def test_held_run_dir_and_changed_config_are_refused(digits, run):
+    run_dir = run / "run"
+    before = sorted(os.listdir(run_dir / "checkpoints"))
+    config = (run_dir / "config.yaml").read_text()
+    from llip.run_guard import RunLock
+    lock = RunLock(str(run_dir)).acquire()  # this test process holds it, alive
+    try:
+        _one_error(run_cli(*_args(digits, run, "epochs=2")), f"pid {os.getpid()}")
+    finally:
+        lock.release()
+    _one_error(run_cli(*_args(digits, run, "lr=0.01")), "lr 0.001 -> 0.01")
+    _one_error(run_cli(*_args(digits, run, "vision_width=128")), "vision_width 64 -> 128")
+    assert sorted(os.listdir(run_dir / "checkpoints")) == before
+    assert (run_dir / "config.yaml").read_text() == config
+
+
+def test_divergence_stops_without_a_nonfinite_checkpoint(digits, tmp_path):
+    result = run_cli("-m", "llip.main", "clip_tiny", f"train_data={digits['train']}",
+                     f"logs={tmp_path}", "name=div", "lr=1e10", "train_num_samples=160",
+                     "checkpoint_every=1", "log_every=100")
+    _one_error(result, "training diverged")
+    import torch
+    for ckpt in rd.complete_checkpoints(str(tmp_path / "div")):
+        model = rd.load_model(ckpt)[0]
+        assert all(torch.isfinite(p).all() for p in model.parameters()), ckpt
