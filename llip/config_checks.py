@@ -15,13 +15,15 @@ from llip.cli import ConfigError
 
 # Lower bounds of integer fields (fields not named here must be >= 1).
 INT_MIN = {"train_num_samples": 0, "workers": 0, "shuffle_buffer": 0, "warmup_steps": 0,
-           "seed": 0, "slurm_mem_gb": 0, "slurm_signal_delay_s": 0}
+           "seed": 0, "slurm_mem_gb": 0, "slurm_signal_delay_s": 0, "unlock_last_n": 0,
+           "lora_rank": 0, "keep_every": 0, "eval_every": 0}
 # (low, high, low inclusive) of float fields; all floats must also be finite.
 FLOAT_RANGE = {
     "mlp_ratio": (0, None, False), "cross_attn_tau": (0, None, False),
     "lr": (0, None, True), "wd": (0, None, True), "eps": (0, None, False),
     "beta1": (0, 1, True), "beta2": (0, 1, True), "grad_clip": (0, None, True),
-    "max_corrupt_fraction": (0, 1, False),
+    "max_corrupt_fraction": (0, 1, False), "text_mlp_ratio": (0, None, True),
+    "peak_tflops": (0, None, True),
 }
 # A run name becomes a directory under `logs` and the SLURM job name: no '/', no '..'.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
