@@ -1,0 +1,40 @@
+"""Linear probe and kNN on the demo digits through the eval sweep, and the catalog's ImageNet
+prompts against open_clip's."""
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run_cli, write_catalog
+from evals.probe import LAMBDAS
+from llip.io import read_json
+
+
+def test_probes_on_the_digits_through_a_sweep_with_a_group(trained_clip, digits, tmp_path):
+    catalog = write_catalog(tmp_path / "catalog.json", digits)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "checkpoints": [trained_clip], "catalogs": [catalog], "datasets": ["digits_probes"],
+        "batch_size": 256, "workers": 0, "output_dir": str(tmp_path / "out")}))
+    result = run_cli("-m", "evals.main_mc", "--fname", str(sweep))
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = tmp_path / "out"
+    probe = read_json(out / "results" / "clip_demo__step00000110__digits_linear_probe.json")
+    knn = read_json(out / "results" / "clip_demo__step00000110__digits_knn.json")
+    for r in (probe, knn):  # 1,437 training scans, 360 held out; chance is 0.10
+        assert r["n"] == 360 and r["metrics"]["n_train"] == 1437 and r["metric"] == "acc1"
+        assert r["value"] > 0.8, r["metrics"]
+    assert probe["metrics"]["lambda"] in LAMBDAS
+    assert knn["metrics"]["k"] == 20
+    wide = pd.read_csv(out / "results_wide.csv")
+    assert wide["average_digits_probes"].iloc[0] == pytest.approx(
+        (probe["value"] + knn["value"]) / 2)
+    assert "average_digits_probes: mean over all 2 datasets" in result.stdout
+
+
+def test_imagenet_prompts_agree_with_open_clip():
+    import open_clip.zero_shot_metadata as oc
+
+    from evals.catalog import DEFAULT_CATALOG, load_catalogs
+    imagenet = load_catalogs([DEFAULT_CATALOG])["imagenet1k"]
+    assert imagenet["classnames"] == list(oc.IMAGENET_CLASSNAMES)
+    assert imagenet["templates"] == [t("{c}") for t in oc.OPENAI_IMAGENET_TEMPLATES]
