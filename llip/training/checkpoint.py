@@ -112,8 +112,10 @@ class Checkpointer:
         if self.pending is None:
             return
         future, tmp, final, trainer_state = self.pending
+        # A failed write raises here: never marked complete. Cleared only after the result: a
+        # SIGTERM that interrupts this wait leaves the save pending for the exit to finish.
+        future.result(timeout=timeout)
         self.pending = None
-        future.result(timeout=timeout)  # a failed write raises here: never marked complete
         if self.is_main:
             _complete(self.run_dir, self.cfg, tmp, final, trainer_state)
 

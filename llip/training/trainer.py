@@ -87,6 +87,7 @@ def check_shards_once(cfg, world) -> None:
 class Trainer:
     def __init__(self, cfg):
         cfg.require_training_inputs()
+        eval_entries(cfg)  # eval_datasets known, their data present: before any file is written
         self.cfg = with_dataset_size(cfg)
 
     def __call__(self) -> str:

@@ -50,4 +50,4 @@ def test_unknown_eval_dataset_fails_before_training(digits, tmp_path):
     assert result.returncode == 2 and not os.path.exists(tmp_path / "llip_tiny")
     assert result.stderr.strip().splitlines() == [
         f"error: eval_datasets: no dataset 'digitz' in catalog {catalog}; closest: digits, "
-        "digits_retrieval"]
+        "digits_knn, digits_retrieval"]
