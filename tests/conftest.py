@@ -1,8 +1,10 @@
 import os
+import socket
 import subprocess
 import sys
 
 import pytest
+import torch.multiprocessing as mp
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,3 +50,22 @@ def write_catalog(path, digits, changes=None):
         catalog[name] = entry
     write_json(str(path), catalog)
     return str(path)
+
+
+def run_ranks(worker, *args, world: int = 2, results: int = 1, timeout: float = 300) -> list:
+    """Run `worker(rank, port, *args, queue)` in `world` spawned processes that form a real gloo
+    group on a free local port; return the first `results` items they put on the queue, once
+    every process has exited cleanly."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(rank, port, *args, queue)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    out = [queue.get(timeout=timeout) for _ in range(results)]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    return out

@@ -5,13 +5,11 @@ import contextlib
 import dataclasses
 import json
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from conftest import run_cli
+from conftest import run_cli, run_ranks
 from llip import run_dir as rd
 from llip.losses import contrastive_loss
 from llip.models import build_model, transformer_blocks
@@ -61,18 +59,7 @@ def _worker(rank, port, queue):
 
 
 def test_fsdp2_accumulation_equals_one_process_big_batch_and_reduces_once(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    grads, reductions, fsdp_groups = queue.get(timeout=300)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    (grads, reductions, fsdp_groups), = run_ranks(_worker, world=WORLD)
     assert reductions == fsdp_groups  # one reduce-scatter per sharded group, not per micro-batch
 
     cfg = _cfg(accum_steps=1)

@@ -3,12 +3,11 @@ global batch; its DCP checkpoint loads at world size 1; an export loads with wei
 import contextlib
 import dataclasses
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_ranks
 from llip import run_dir as rd
 from llip.models import build_model
 from llip.run_configs import resolve
@@ -70,19 +69,7 @@ def _worker(rank, port, ckpt_dir, queue):
 
 
 def test_fsdp2_two_ranks_match_one_process_and_checkpoint_reshards(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path), queue))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    sharded_losses = queue.get(timeout=300)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    sharded_losses, = run_ranks(_worker, str(tmp_path), world=WORLD)
     ref_losses, ref_state = _reference()
     assert len(set(ref_losses)) == STEPS  # the model is training, not constant
     for a, b in zip(sharded_losses, ref_losses):

@@ -1,13 +1,12 @@
 """Distributed losses equal the single-process full-batch loss and gradients (2 gloo ranks)."""
 import dataclasses
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_ranks
 from llip.losses import contrastive_loss
 from llip.models.llip import LlipHead
 from llip.run_configs import resolve
@@ -62,7 +61,7 @@ def _reference(kind):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _worker(rank, kind, port, queue):
+def _worker(rank, port, kind, queue):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     from llip.training.dist import all_reduce_mean, gather_with_grad
@@ -79,25 +78,10 @@ def _worker(rank, kind, port, queue):
     dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("kind", ["clip", "siglip", "llip"])
 def test_two_ranks_equal_single_process(kind):
     ref_loss, ref_grads = _reference(kind)
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, kind, PORTS[kind],
-                                                queue)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    loss, grads = queue.get(timeout=120)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    (loss, grads), = run_ranks(_worker, kind, world=WORLD, timeout=120)
     assert abs(loss - ref_loss) < 1e-5, (loss, ref_loss)
     assert set(grads) == set(ref_grads)
     for name, g in grads.items():
@@ -105,5 +89,3 @@ def test_two_ranks_equal_single_process(kind):
         assert ref_grads[name].abs().sum() > 0, f"{name} got no gradient: the test is vacuous"
         torch.testing.assert_close(g, ref_grads[name], atol=1e-5, rtol=0, msg=name)
 
-
-PORTS = {k: _free_port() for k in ("clip", "siglip", "llip")}

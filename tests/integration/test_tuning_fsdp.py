@@ -4,13 +4,12 @@ checkpoint repeats the run exactly, and the checkpoint loads for inference with 
 import contextlib
 import dataclasses
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-import torch.multiprocessing as mp
 
+from conftest import run_ranks
 from llip import run_dir as rd
 from llip.models import build_model
 from llip.models.tuning import apply_tuning
@@ -90,19 +89,8 @@ def _worker(rank, port, run_dir, queue):
 
 def test_fsdp2_with_frozen_parts_and_lora_trains_and_resumes_exactly(tmp_path):
     run_dir = tmp_path / "tuned"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(r, port, str(run_dir), queue))
-             for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    results = sorted((queue.get(timeout=300) for _ in range(WORLD)), key=lambda r: r["rank"])
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = sorted(run_ranks(_worker, str(run_dir), world=WORLD, results=WORLD),
+                     key=lambda r: r["rank"])
     for r in results:
         assert r["n_frozen"] > 0 and r["frozen_moved"] == [], r
         assert r["trainable_still"] == [], r
