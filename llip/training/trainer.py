@@ -57,13 +57,19 @@ def _logit_bias(model) -> dict:
     return {} if bias is None else {"logit_bias": _scalar(bias)}
 
 
-def checked_for_training(cfg):
-    """Fail before any work on what a run cannot start without; size the data if needed.
-    For one process (e.g. the one submitting a job); the Trainer checks shards on one rank."""
+def _check_inputs(cfg) -> None:
+    """What a run cannot start without, checked before any file is written: training data named,
+    init_from present, eval_datasets known with their data present."""
     cfg.require_training_inputs()
     check_init_from(cfg)
+    eval_entries(cfg)
+
+
+def checked_for_training(cfg):
+    """The checks of one process that submits a job, local shards included; size the data if
+    needed. (In the job, the Trainer checks shards on one rank.)"""
+    _check_inputs(cfg)
     check_shards(expand_sources(cfg.train_data))
-    eval_entries(cfg)  # eval_datasets known, their data present
     return with_dataset_size(cfg)
 
 
@@ -86,8 +92,7 @@ def check_shards_once(cfg, world) -> None:
 
 class Trainer:
     def __init__(self, cfg):
-        cfg.require_training_inputs()
-        eval_entries(cfg)  # eval_datasets known, their data present: before any file is written
+        _check_inputs(cfg)
         self.cfg = with_dataset_size(cfg)
 
     def __call__(self) -> str:
