@@ -60,7 +60,7 @@ def _state(model, optimizer, trainer_state: dict) -> dict:
 def _complete(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict) -> None:
     """Main rank, after every rank's files are written: digests, mark, rename, prune."""
     rd.write_config(tmp, cfg)
-    recorded = cf.digests(tmp, _saved_files(tmp, None))
+    recorded = cf.digests(tmp, _saved_files(tmp))
     rd.write_marker(tmp, {**trainer_state, "time": time.time(), "files": recorded})
     if os.path.exists(final):  # re-saving the same step (e.g. resumed at the very end)
         shutil.rmtree(final)
@@ -142,14 +142,11 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def _saved_files(directory: str, metadata) -> list[str]:
-    """Every file of the checkpoint, from DCP's own record of what it wrote (the same on every
-    rank, and no directory listing that a network file system may show stale)."""
-    storage = getattr(metadata, "storage_data", None)
-    if isinstance(storage, dict):
-        data = {str(info.relative_path) for info in storage.values()}
-    else:
-        data = {n for n in os.listdir(directory) if n.endswith(".distcp")}
+def _saved_files(directory: str) -> list[str]:
+    """Every file of the checkpoint, from DCP's own record of what it wrote (its .metadata, read
+    through the allow-list), not a directory listing that a network file system may show stale."""
+    metadata = cf.read_metadata(os.path.join(directory, cf.METADATA))
+    data = {str(info.relative_path) for info in metadata.storage_data.values()}
     return sorted(data | {cf.METADATA, rd.CONFIG})
 
 
