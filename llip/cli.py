@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import errno
 import functools
+import logging
 import sys
 from typing import Callable
 
@@ -23,6 +24,9 @@ def cli(main: Callable) -> Callable:
     """A command's main(argv): a ConfigError ends it with one line on stderr and exit code 2."""
     @functools.wraps(main)
     def run(argv=None) -> int:
+        # A log handler that cannot write (wandb's console log on a full disk) must not print
+        # tracebacks over the one line that says why.
+        logging.raiseExceptions = False
         try:
             return main(argv) or 0
         except ConfigError as exn:

@@ -96,7 +96,9 @@ def _slurm_job_live(job_id: str):
                              text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.returncode == 0 and bool(set(out.stdout.split()) & LIVE_SLURM_STATES)
+    if out.returncode != 0:  # a job id SLURM forgot is gone; a controller that fails is unknown
+        return False if "invalid job id" in out.stderr.lower() else None
+    return bool(set(out.stdout.split()) & LIVE_SLURM_STATES)
 
 
 def describe(holder: dict) -> str:

@@ -60,13 +60,34 @@ def local_path(url: str):
 
 
 def check_shards(sources: list[list[str]]) -> None:
-    """Fail before training if local shards are missing (remote ones are checked when read).
-    One stat per shard: the trainer calls it once per job, on the main rank only."""
-    for urls in sources:
-        missing = [u for u in urls if local_path(u) and not os.path.exists(local_path(u))]
+    """Fail before training if local shards are missing, or if every shard of a source is an
+    empty tar (remote ones are checked when read). One stat per shard (and one 512-byte read of
+    the tiny ones): the trainer calls it once per job, on the main rank only."""
+    for i, urls in enumerate(sources):
+        paths = [local_path(u) for u in urls]
+        missing, empty = [], 0
+        for path in filter(None, paths):
+            try:
+                empty += _empty_tar(path, os.stat(path).st_size)
+            except FileNotFoundError:
+                missing.append(path)
         if missing:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")
+        if urls and empty == len(urls):
+            where = f"train_data source {i + 1} ({urls[0]}{' ...' if len(urls) > 1 else ''})" \
+                if len(sources) > 1 else f"train_data {urls[0]}{' ...' if len(urls) > 1 else ''}"
+            raise ConfigError(f"{where} holds no samples: its {len(urls)} shard(s) are empty "
+                              "tars: fix or remove that source")
+
+
+def _empty_tar(path: str, size: int) -> bool:
+    """A tar without a member: at most one record (10 KiB) of zeros, so its first block (where
+    a member's header would be) is all zero."""
+    if size > 10240:
+        return False
+    with open(path, "rb") as f:
+        return not any(f.read(512))
 
 
 def local_batch_size(cfg, world_size: int) -> int:

@@ -18,6 +18,7 @@ rank its share, the verdict shared by all) before reading it, and falls back to 
 with a warning, if it does not verify. Reading without running code and the digests belong to
 llip.checkpoint_files.
 """
+import contextlib
 import logging
 import os
 import shutil
@@ -32,13 +33,13 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from llip import checkpoint_files as cf
 from llip import run_dir as rd
-from llip.cli import ConfigError
+from llip.cli import ConfigError, storage_error
 from llip.training import dist
 
 log = logging.getLogger("llip.train")
 WAIT_AFTER_FAILURE_S = 600  # a run that failed still lets a save in flight finish, this long
+FULL_DISK_BYTES = 64 << 20  # a failed checkpoint write with less free space than this: disk full
 _NOT_STATE = ("time", "files")  # marker entries that are not trainer state
-
 
 
 def _start(run_dir: str, step: int, is_main: bool) -> tuple[str, str]:
@@ -73,7 +74,8 @@ def save(run_dir: str, cfg, step: int, model, optimizer, trainer_state: dict,
          is_main: bool) -> str:
     """A blocking save (all ranks)."""
     tmp, final = _start(run_dir, step, is_main)
-    dcp.save(_state(model, optimizer, trainer_state), checkpoint_id=tmp)
+    with _named(final):
+        dcp.save(_state(model, optimizer, trainer_state), checkpoint_id=tmp)
     dist.barrier()
     if is_main:
         _complete(run_dir, cfg, tmp, final, {"step": step, **trainer_state})
@@ -114,7 +116,13 @@ class Checkpointer:
         future, tmp, final, trainer_state = self.pending
         # A failed write raises here: never marked complete. Cleared only after the result: a
         # SIGTERM that interrupts this wait leaves the save pending for the exit to finish.
-        future.result(timeout=timeout)
+        with _named(final):
+            try:
+                future.result(timeout=timeout)
+            except BaseException:
+                if future.done():  # a failed write is not retried
+                    self.pending = None
+                raise
         self.pending = None
         if self.is_main:
             _complete(self.run_dir, self.cfg, tmp, final, trainer_state)
@@ -136,6 +144,24 @@ class Checkpointer:
         except Exception as save_exn:  # noqa: BLE001 - the run's own error is the one to raise
             log.warning("checkpoint in flight not completed (%s: %s)", type(save_exn).__name__,
                         save_exn)
+
+
+@contextlib.contextmanager
+def _named(final: str):
+    """A write that fails for lack of space or permission names the checkpoint, not a DCP
+    temporary file (the previous checkpoints are untouched)."""
+    try:
+        yield
+    except (Exception, dcp_api.CheckpointException) as exn:
+        line = storage_error(exn, f"checkpoint {final}")
+        free = shutil.disk_usage(os.path.dirname(final)).free
+        if line is None and free < FULL_DISK_BYTES:
+            # torch's tensor writer reports a short write as "unexpected pos", losing the errno
+            line = (f"cannot write checkpoint {final}: the disk holding it is full ({free} "
+                    "bytes free): free space or write elsewhere")
+        if line is None:
+            raise
+        raise ConfigError(line) from None
 
 
 def _exit_on_sigterm(signum, frame):

@@ -121,7 +121,10 @@ class MetricsLogger:
 
     def close(self) -> None:
         if self.wandb is not None:
-            self.wandb.finish()
+            try:
+                self.wandb.finish()
+            except OSError as exn:  # wandb mirrors metrics.jsonl: its failure must not mask
+                log.warning("wandb could not finish (%s); metrics.jsonl is the record", exn)
 
 
 def _start_wandb(run_dir: str, cfg):
