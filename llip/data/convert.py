@@ -234,8 +234,9 @@ def convert(records, out_dir, per_shard=10000, resize=0, image_format="jpg", qua
            "quality": quality}
     claim_output(out_dir, job, overwrite)
     stats, pending = {}, set()
-    bar = tqdm(unit="shard", desc="convert", disable=not progress)
-    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+    # closed before an error propagates: the error is the last line, not the bar
+    with tqdm(unit="shard", desc="convert", disable=not progress) as bar, \
+            concurrent.futures.ProcessPoolExecutor(workers) as pool:
         for index, chunk in enumerate(_chunks(records, per_shard)):
             previous = _done(out_dir, index)
             if previous is not None:  # finished by an earlier run
@@ -253,7 +254,6 @@ def convert(records, out_dir, per_shard=10000, resize=0, image_format="jpg", qua
         for future in concurrent.futures.as_completed(pending):
             stats[future.result()["index"]] = future.result()
             bar.update()
-    bar.close()
     return write_manifest(out_dir, [stats[i] for i in sorted(stats)], job)
 
 
