@@ -126,3 +126,33 @@ def test_eval_sweep_runs_as_a_slurm_job_array(slurm, trained_clip, digits, tmp_p
     import pandas as pd
     wide = pd.read_csv(tmp_path / "out" / "results_wide.csv")
     assert list(wide["step"]) == [55, 110] and wide["digits"].iloc[-1] > 0.5
+
+
+def test_a_lock_held_by_a_slurm_job_elsewhere_is_kept_while_queued_then_taken_over(slurm,
+                                                                                   tmp_path):
+    """A holder on another host is judged by squeue: kept while its job is queued or running,
+    taken over once SLURM no longer lists it (or never knew the id)."""
+    from llip.cli import ConfigError
+    from llip.run_guard import LOCK, RunLock
+    out = subprocess.run(["sbatch", "--parsable", "--wrap", "sleep 300",
+                          f"--output={tmp_path}/sleep.out"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    job = out.stdout.strip().split(";")[0]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = {"host": "a-node-elsewhere", "pid": 4242, "started": 1, "slurm_job_id": job,
+              "time": time.time()}
+    (run_dir / LOCK).write_text(json.dumps(holder))
+    try:
+        with pytest.raises(ConfigError, match=f"in use by pid 4242 on host a-node-elsewhere, "
+                                              f"SLURM job {job}"):
+            RunLock(str(run_dir)).acquire()
+    finally:
+        subprocess.run(["scancel", job], timeout=60)
+    _wait(lambda: not _queued(job), 120, f"job {job} to leave the queue")
+    lock = RunLock(str(run_dir)).acquire()  # the job is gone: taken over
+    assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
+    lock.release()
+    (run_dir / LOCK).write_text(json.dumps({**holder, "slurm_job_id": "99999999"}))
+    RunLock(str(run_dir)).acquire().release()  # an id SLURM never had

@@ -1,0 +1,107 @@
+"""Fault injection on storage: outputs on a read-only file system and on a full one, made for
+real with tmpfs mounts (root only; skipped otherwise). Every command ends with one line that
+names the output and says what is wrong; a full disk mid-run keeps the checkpoints already
+written, and the run resumes from them once there is space."""
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import run_cli, write_catalog
+from llip import run_dir as rd
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """mount(name, options) -> a fresh tmpfs at tmp_path/name, unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("tmpfs mounts need root")
+    mounted = []
+
+    def make(name, options):
+        path = tmp_path / name
+        path.mkdir(exist_ok=True)
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _one_error(result, *needles):
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines[-1].startswith("error:"), lines[-1]
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]
+
+
+def _train(digits, logs, *extra):
+    return run_cli("-m", "llip.main", "clip_tiny", f"train_data={digits['train']}",
+                   f"logs={logs}", "name=run", "train_num_samples=160", "checkpoint_every=5",
+                   "log_every=5", "keep_last=5", "wandb_mode=disabled", *extra,
+                   env={"OMP_NUM_THREADS": "1"})
+
+
+def test_training_on_read_only_storage_is_one_line(digits, mount):
+    read_only = mount("ro", "ro,size=1m")
+    _one_error(_train(digits, read_only), f"cannot write {read_only}/run",
+               "read-only file system")
+
+
+def test_disk_full_mid_run_keeps_the_checkpoints_written_and_resumes(digits, tmp_path, mount):
+    probe = _train(digits, tmp_path / "probe", "train_num_samples=80")  # one checkpoint: size
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    ckpt = rd.checkpoint_dir(str(tmp_path / "probe" / "run"), 5)
+    size = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt))
+    logs = mount("full", f"size={size * 3 // 2 + (1 << 20)}")  # room for one, not two
+
+    full = _train(digits, logs)
+    _one_error(full, f"cannot write checkpoint {logs}/run/checkpoints/step_00000010",
+               "full")
+    run_dir = str(logs / "run")
+    assert rd.step_of(rd.latest(run_dir)) == 5
+    model = rd.load_model(rd.latest(run_dir))[0]  # verified: the digests still match
+    assert model is not None
+
+    subprocess.run(["mount", "-o", f"remount,size={4 * size + (1 << 20)}", str(logs)],
+                   check=True)  # space freed
+    resumed = _train(digits, logs)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "at step 5" in resumed.stdout and rd.step_of(rd.latest(run_dir)) == 10
+    assert not [d for d in os.listdir(os.path.join(run_dir, "checkpoints")) if "tmp" in d]
+
+
+def test_conversion_into_read_only_or_full_storage_is_one_line(tmp_path, mount):
+    images = tmp_path / "img"
+    images.mkdir()
+    records = []
+    for i in range(8):  # noise does not compress: 8 x ~200 KB of JPEG
+        Image.effect_noise((400, 400), 100).convert("RGB").save(images / f"im{i}.png")
+        records.append({"image": f"im{i}.png", "caption": f"noise {i}"})
+    source = tmp_path / "pairs.json"
+    source.write_text(json.dumps(records))
+    for out, needle in ((mount("ro", "ro,size=1m") / "shards", "read-only file system"),
+                        (mount("full", "size=256k"), "no space left on device")):
+        result = run_cli("-m", "llip.data.convert", "json", str(source), "--out", str(out),
+                         "--image-root", str(images), "--per-shard", "2", "--workers", "1")
+        _one_error(result, f"cannot write {out}", needle)
+
+
+def test_eval_results_on_read_only_storage_are_one_line(trained_clip, digits, tmp_path, mount):
+    read_only = mount("ro", "ro,size=1m")
+    catalog = write_catalog(tmp_path / "catalog.json", digits)
+    fname = tmp_path / "sweep.yaml"
+    fname.write_text(yaml.safe_dump({"checkpoints": [trained_clip], "catalogs": [catalog],
+                                     "datasets": ["digits"], "workers": 0,
+                                     "output_dir": str(read_only / "evals")}))
+    _one_error(run_cli("-m", "evals.main_mc", "--fname", str(fname)),
+               f"cannot write {read_only}/evals", "read-only file system")
