@@ -6,16 +6,18 @@ leaves a half checkpoint that looks valid, and the previous one stays. DCP resha
 checkpoint saved at N ranks loads at any world size. The directory layout belongs to llip.run_dir.
 
 Asynchronous saves (`checkpoint_async`, the default): training stops only while the state is
-copied to CPU memory (DCP's staging); a background thread writes the files. DCP's save ends with
-the coordinator (rank 0) collecting every rank's write results and writing the metadata, so when
-rank 0's save has finished, all ranks' files are on disk: only then are the marker and the rename
-done, by rank 0 alone, without stopping the other ranks. A new save first waits for the previous
-one; the end of training waits for the last; a SIGTERM (where nothing else handles it) ends the
-run through the same wait, so a save in flight still completes.
-Every checkpoint's COMPLETE marker records the sha256 and size of each of its files (hashed by
-the main rank once all files are on disk). Resume verifies the newest checkpoint's digests (each
-rank its share, the verdict shared by all) before reading it, and falls back to the previous one,
-with a warning, if it does not verify. Reading without running code and the digests belong to
+copied to CPU memory (DCP's staging); a background thread on every rank writes the files, then
+hashes the files that rank wrote. DCP's save ends with the coordinator (rank 0) collecting every
+rank's write results and writing the metadata, so when a rank's save has finished, all ranks'
+files are on disk; the digests are then gathered (on the checkpoint's own gloo group) and rank 0
+writes the marker and renames, without stopping any rank's training. A new save first waits for
+the previous one; the end of training waits for the last; a SIGTERM (where nothing else handles
+it) ends the run through the same wait, so a save in flight still completes.
+Every checkpoint's COMPLETE marker records the sha256 and size of each of its files (each rank
+hashes its own, so hashing time does not grow with the world size). Resume verifies the newest
+checkpoint's digests (each rank its share, the verdict shared by all) before reading it, and
+falls back to the previous one, with a warning, if it does not verify. Reading without running
+code and the digests belong to
 llip.checkpoint_files.
 """
 import contextlib
@@ -58,10 +60,24 @@ def _state(model, optimizer, trainer_state: dict) -> dict:
             "trainer": {k: torch.as_tensor(v) for k, v in trainer_state.items()}}
 
 
-def _complete(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict) -> None:
-    """Main rank, after every rank's files are written: digests, mark, rename, prune."""
-    rd.write_config(tmp, cfg)
-    recorded = cf.digests(tmp, _saved_files(tmp))
+def _finish(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict, group=None) -> None:
+    """All ranks, once every rank's files are written: each hashes the files it wrote (so a
+    checkpoint of N ranks is hashed N ways in parallel, not by the main rank alone); the main
+    rank gathers the digests, marks the checkpoint complete, renames it and prunes."""
+    rank, size = dist.rank_and_size()
+    try:
+        if rank == 0:
+            rd.write_config(tmp, cfg)
+        share = cf.digests(tmp, [n for n in _saved_files(tmp) if cf.owner(n, size) == rank])
+    except (OSError, ConfigError) as exn:  # still take part in the gather: no rank may hang
+        share = exn
+    shares = dist.all_gather_object(share, group=group)
+    failed = [s for s in shares if isinstance(s, BaseException)]
+    if failed:
+        raise failed[0]
+    if rank != 0:
+        return
+    recorded = {name: d for s in shares for name, d in s.items()}
     rd.write_marker(tmp, {**trainer_state, "time": time.time(), "files": recorded})
     if os.path.exists(final):  # re-saving the same step (e.g. resumed at the very end)
         shutil.rmtree(final)
@@ -76,9 +92,7 @@ def save(run_dir: str, cfg, step: int, model, optimizer, trainer_state: dict,
     tmp, final = _start(run_dir, step, is_main)
     with _named(final):
         dcp.save(_state(model, optimizer, trainer_state), checkpoint_id=tmp)
-    dist.barrier()
-    if is_main:
-        _complete(run_dir, cfg, tmp, final, {"step": step, **trainer_state})
+        _finish(run_dir, cfg, tmp, final, {"step": step, **trainer_state})
     dist.barrier()
     return final
 
@@ -89,10 +103,11 @@ class Checkpointer:
 
     def __init__(self, run_dir: str, cfg, is_main: bool):
         self.run_dir, self.cfg, self.is_main = run_dir, cfg, is_main
-        # The writer thread's collectives get their own (gloo) group: they must not interleave
-        # with the training's collectives on the default group, and need a CPU backend.
+        # The writer's and finisher's collectives get their own (gloo) group: they must not
+        # interleave with the training's collectives on the default group, and need a CPU
+        # backend.
         self.group = dist.new_cpu_group() if cfg.checkpoint_async else None
-        self.pending = None  # (future, tmp, final, trainer_state) of the save in flight
+        self.pending = None  # (_Finisher thread, final path) of the save in flight
         self._old_sigterm = None
 
     def save(self, step: int, model, optimizer, trainer_state: dict) -> None:
@@ -103,29 +118,31 @@ class Checkpointer:
         tmp, final = _start(self.run_dir, step, self.is_main)
         future = dcp.async_save(_state(model, optimizer, trainer_state), checkpoint_id=tmp,
                                 process_group=self.group)
-        self.pending = (future, tmp, final, {"step": step, **trainer_state})
+        state = {"step": step, **trainer_state}
+
+        def finish():  # in the background, on every rank: written, then hashed and marked
+            future.result()
+            _finish(self.run_dir, self.cfg, tmp, final, state, self.group)
+        self.pending = (_Finisher(finish), final)
 
     def poll(self) -> None:
-        if self.pending is not None and self.pending[0].done():
+        if self.pending is not None and self.pending[0].finished.is_set():
             self.wait()
 
     def wait(self, timeout=None) -> None:
-        """Wait for the save in flight; on the main rank, mark it complete."""
+        """Wait for the save in flight to be written and marked complete; raise its error."""
         if self.pending is None:
             return
-        future, tmp, final, trainer_state = self.pending
-        # A failed write raises here: never marked complete. Cleared only after the result: a
-        # SIGTERM that interrupts this wait leaves the save pending for the exit to finish.
-        with _named(final):
-            try:
-                future.result(timeout=timeout)
-            except BaseException:
-                if future.done():  # a failed write is not retried
-                    self.pending = None
-                raise
-        self.pending = None
-        if self.is_main:
-            _complete(self.run_dir, self.cfg, tmp, final, trainer_state)
+        thread, final = self.pending
+        # A SIGTERM that interrupts this wait leaves the save pending for the exit to finish.
+        # (An Event, not Thread.join: a join interrupted by a signal can leave the thread
+        # reported dead while it still runs, and the exit would not wait for it.)
+        if not thread.finished.wait(timeout=timeout):
+            raise TimeoutError(f"checkpoint {final} still being written after {timeout}s")
+        self.pending = None  # a failed save is not retried
+        if thread.error is not None:
+            with _named(final):
+                raise thread.error
 
     def __enter__(self) -> "Checkpointer":
         if (self.cfg.checkpoint_async and threading.current_thread() is threading.main_thread()
@@ -144,6 +161,24 @@ class Checkpointer:
         except Exception as save_exn:  # noqa: BLE001 - the run's own error is the one to raise
             log.warning("checkpoint in flight not completed (%s: %s)", type(save_exn).__name__,
                         save_exn)
+
+
+class _Finisher(threading.Thread):
+    """Runs `work` once, keeping its exception for `Checkpointer.wait` to raise. A daemon: a
+    process that is exiting waits for it through the Checkpointer (bounded), not forever."""
+
+    def __init__(self, work):
+        super().__init__(name="llip-checkpoint", daemon=True)
+        self.work, self.error, self.finished = work, None, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.work()
+        except BaseException as exn:  # noqa: BLE001 - handed to the training thread
+            self.error = exn
+        finally:
+            self.finished.set()
 
 
 @contextlib.contextmanager

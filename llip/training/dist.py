@@ -130,12 +130,12 @@ def rank_and_size() -> tuple[int, int]:
     return 0, 1
 
 
-def all_gather_object(obj) -> list:
+def all_gather_object(obj, group=None) -> list:
     """Every rank's picklable `obj`, in rank order (a collective: all ranks call it). Used for
     small values our own ranks produced (file digests, verdicts), never for outside data."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         out = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=group)
         return out
     return [obj]
 
