@@ -10,7 +10,7 @@ the 36 single-object prompts); measures Llip's attention (evals.attention); prin
 over seeds, the per-seed numbers and the acceptance verdict (paired by seed).
 
     python benchmarks/caption_diversity.py                  # scenes, 4 variants x 3 seeds
-    python benchmarks/caption_diversity.py --sweep 1e-3,2e-3,4e-3 --seeds 1   # lr, validation
+    python benchmarks/caption_diversity.py --sweep 2.5e-4,5e-4,1e-3,2e-3,4e-3 --seeds 1  # lr
     python benchmarks/caption_diversity.py --task attributes  # negative control (parity)
 
 Everything goes to results/<task>/ (runs, eval JSON, summary.md, summary.json) and is reused:
@@ -84,14 +84,14 @@ def plan(args, data: dict, logs: str) -> list[dict]:
             config = get_config(VARIANTS[variant])
             steps = args.steps or config.total_steps
             for lr in lrs:
-                name = f"{variant}_s{seed}" if lr is None else f"{variant}_lr{lr:g}_s{seed}"
+                lr = config.lr if lr is None else lr
+                name = f"{variant}_lr{lr:g}_s{seed}"  # a changed config's lr is a new run
                 overrides = [f"train_data={data['train']}", f"seed={seed}", f"logs={logs}",
                              f"name={name}", f"train_num_samples={steps * config.batch_size}",
-                             "epochs=1", f"checkpoint_every={max(1, steps // 4)}", "keep_last=4"]
-                if lr is not None:
-                    overrides.append(f"lr={lr}")
+                             "epochs=1", f"checkpoint_every={max(1, steps // 4)}", "keep_last=4",
+                             f"lr={lr}"]
                 runs.append({"name": name, "variant": variant, "seed": seed, "steps": steps,
-                             "lr": lr if lr is not None else config.lr, "config": config.name,
+                             "lr": lr, "config": config.name,
                              "overrides": overrides, "dir": os.path.join(logs, name)})
     return runs
 

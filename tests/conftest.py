@@ -69,3 +69,13 @@ def run_ranks(worker, *args, world: int = 2, results: int = 1, timeout: float = 
         p.join(timeout=60)
         assert p.exitcode == 0
     return out
+
+
+def assert_one_error(result, *needles):
+    """A command that failed the way bad input must: exit 2, no traceback, and a last line
+    `error: ...` that holds every needle."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert lines and lines[-1].startswith("error:"), result.stderr[-2000:]
+    for needle in needles:
+        assert needle in lines[-1], lines[-1]

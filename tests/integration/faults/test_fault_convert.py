@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from conftest import run_cli
+from conftest import assert_one_error, run_cli
 
 
 @pytest.fixture
@@ -25,12 +25,6 @@ def _convert(kind, source, out, *extra, image_root=None):
     root = ["--image-root", str(image_root)] if image_root else []
     return run_cli("-m", "llip.data.convert", kind, str(source), "--out", str(out), *root,
                    "--workers", "1", *extra, timeout=120)
-
-
-def _one_error(result, needle):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith("error:") and needle in lines[-1], lines[-1]
 
 
 def _captions(out_dir):
@@ -50,13 +44,13 @@ def _captions(out_dir):
 def test_json_of_the_wrong_shape_is_one_line(images, tmp_path, content, needle):
     source = tmp_path / "pairs.json"
     source.write_text(content)
-    _one_error(_convert("json", source, tmp_path / "out", image_root=images), needle)
+    assert_one_error(_convert("json", source, tmp_path / "out", image_root=images), needle)
 
 
 def test_non_utf8_input_is_one_line_and_a_null_caption_is_skipped_not_none(images, tmp_path):
     csv = tmp_path / "pairs.csv"
     csv.write_bytes(b"filepath,title\nim0.png,caf\xe9 au lait\n")
-    _one_error(_convert("csv", csv, tmp_path / "a", image_root=images), "is not UTF-8 text")
+    assert_one_error(_convert("csv", csv, tmp_path / "a", image_root=images), "is not UTF-8 text")
     source = tmp_path / "pairs.json"
     source.write_text(json.dumps([{"image": "im0.png", "caption": None},
                                   {"image": "im1.png", "caption": "a caption"},
@@ -85,14 +79,14 @@ def test_symlink_loop_in_a_folder_terminates(images, tmp_path):
 def test_bad_sizes_are_one_line(images, tmp_path, extra, needle):
     source = tmp_path / "pairs.json"
     source.write_text(json.dumps([{"image": "im0.png", "caption": "a"}]))
-    _one_error(_convert("json", source, tmp_path / "out", *extra, image_root=images), needle)
+    assert_one_error(_convert("json", source, tmp_path / "out", *extra, image_root=images), needle)
 
 
 def test_output_that_is_a_file_is_one_line(images, tmp_path):
     source = tmp_path / "pairs.json"
     source.write_text(json.dumps([{"image": "im0.png", "caption": "a"}]))
     (tmp_path / "taken").write_text("not a directory")
-    _one_error(_convert("json", source, tmp_path / "taken", image_root=images),
+    assert_one_error(_convert("json", source, tmp_path / "taken", image_root=images),
                f"{tmp_path / 'taken'} exists and is not a directory")
     assert (tmp_path / "taken").read_text() == "not a directory"
 
@@ -104,7 +98,7 @@ def test_reconversion_is_refused_or_rebuilt_whole(images, tmp_path):
     assert _convert("json", source, out, "--per-shard", "4", image_root=images).returncode == 0
     before = _captions(out)
 
-    _one_error(_convert("json", source, out, "--per-shard", "3", image_root=images),
+    assert_one_error(_convert("json", source, out, "--per-shard", "3", image_root=images),
                "per_shard 4 -> 3")
     assert _captions(out) == before  # refused: nothing touched
     rebuilt = _convert("json", source, out, "--per-shard", "3", "--overwrite",
@@ -115,7 +109,7 @@ def test_reconversion_is_refused_or_rebuilt_whole(images, tmp_path):
         ["shard-000000.tar", "shard-000001.tar"]
 
     source.write_text(json.dumps([{**r, "caption": f"new {i}"} for i, r in enumerate(records)]))
-    _one_error(_convert("json", source, out, "--per-shard", "3", image_root=images),
+    assert_one_error(_convert("json", source, out, "--per-shard", "3", image_root=images),
                "input_sha256")
     (out / "notes.txt").write_text("the user's own file")
     again = _convert("json", source, out, "--per-shard", "3", "--overwrite", image_root=images)
@@ -133,4 +127,4 @@ def test_inspect_of_a_broken_manifest_is_one_line(images, tmp_path):
     (tmp_path / "out" / "manifest.json").write_text('{"shards": ["shard-000000.tar"]}')
     shown = run_cli("-m", "llip.data.inspect", str(tmp_path / "out" / "shard-000000.tar"),
                     "--fast")
-    _one_error(shown, "is not a manifest of llip.data.convert")
+    assert_one_error(shown, "is not a manifest of llip.data.convert")

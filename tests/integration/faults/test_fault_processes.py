@@ -10,15 +10,9 @@ import time
 import pytest
 import webdataset as wds
 
-from conftest import REPO, run_cli, run_ranks
+from conftest import REPO, assert_one_error, run_cli, run_ranks
 from llip import checkpoint_files as cf
 from llip import run_dir as rd
-
-
-def _one_error(result, needle):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith("error:") and needle in lines[-1], lines[-1]
 
 
 def _wait(condition, timeout, what):
@@ -93,7 +87,7 @@ def test_killed_trainer_takes_its_workers_along_and_its_lock_is_taken_over(digit
         assert len(workers) == 2, workers
 
         second = run_cli(*args, "epochs=1000")  # the same run, launched again meanwhile
-        _one_error(second, f"in use by pid {trainer.pid} on host")
+        assert_one_error(second, f"in use by pid {trainer.pid} on host")
     finally:
         trainer.kill()
         trainer.wait()
@@ -122,7 +116,7 @@ def test_a_source_that_yields_nothing_stops_a_mix_naming_it(digits, tmp_path, ki
                      "train_num_samples=2000", "workers=1", "wandb_mode=disabled",
                      env={"OMP_NUM_THREADS": "1"}, timeout=300)
     needle = "holds no samples" if kind == "empty" else "none of the first"  # before, during
-    _one_error(result, needle)
+    assert_one_error(result, needle)
     assert f"train_data source 2 ({bad})" in result.stderr.splitlines()[-1]
     if kind == "empty":  # found before training; undecodable images once the source is drawn
         assert rd.latest(str(tmp_path / "mix")) is None

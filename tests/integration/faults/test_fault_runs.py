@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import run_cli
+from conftest import assert_one_error, run_cli
 from llip import run_dir as rd
 from llip.io import sha256_file
 
@@ -32,12 +32,6 @@ def run(base_run, tmp_path):
     return tmp_path / "logs"
 
 
-def _one_error(result, needle):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith("error:") and needle in lines[-1], lines[-1]
-
-
 class _Touch:
     def __init__(self, path):
         self.path = path
@@ -52,7 +46,7 @@ def test_flipped_byte_is_refused_and_resume_falls_back(digits, run, tmp_path):
     blob = bytearray(open(data, "rb").read())
     blob[len(blob) // 2] ^= 0xFF
     open(data, "wb").write(bytes(blob))
-    _one_error(run_cli("-m", "llip.training.export", newest, str(tmp_path / "m.pt")),
+    assert_one_error(run_cli("-m", "llip.training.export", newest, str(tmp_path / "m.pt")),
                "does not match its sha256 digest")
     resumed = run_cli(*_args(digits, run, "epochs=2"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -70,16 +64,16 @@ def test_hostile_metadata_never_runs_even_with_valid_digests(run, tmp_path):
     marker_json["files"][".metadata"] = {"sha256": sha256_file(meta),
                                          "bytes": os.path.getsize(meta)}
     json.dump(marker_json, open(os.path.join(ckpt, "COMPLETE"), "w"))
-    _one_error(run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt")),
+    assert_one_error(run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt")),
                "refusing to load it")
     assert not marker.exists()
     del marker_json["files"]  # a foreign dir without digests: refused unless trusted
     json.dump(marker_json, open(os.path.join(ckpt, "COMPLETE"), "w"))
-    _one_error(run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt")),
+    assert_one_error(run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt")),
                "LLIP_TRUST_CHECKPOINT=1")
     trusted = run_cli("-m", "llip.training.export", ckpt, str(tmp_path / "m.pt"),
                       env={"LLIP_TRUST_CHECKPOINT": "1"})
-    _one_error(trusted, "refusing to load it")
+    assert_one_error(trusted, "refusing to load it")
     assert not marker.exists()
 
 
@@ -90,11 +84,11 @@ def test_held_run_dir_and_changed_config_are_refused(digits, run):
     from llip.run_guard import RunLock
     lock = RunLock(str(run_dir)).acquire()  # this test process holds it, alive
     try:
-        _one_error(run_cli(*_args(digits, run, "epochs=2")), f"pid {os.getpid()}")
+        assert_one_error(run_cli(*_args(digits, run, "epochs=2")), f"pid {os.getpid()}")
     finally:
         lock.release()
-    _one_error(run_cli(*_args(digits, run, "lr=0.01")), "lr 0.001 -> 0.01")
-    _one_error(run_cli(*_args(digits, run, "vision_width=128")), "vision_width 64 -> 128")
+    assert_one_error(run_cli(*_args(digits, run, "lr=0.01")), "lr 0.001 -> 0.01")
+    assert_one_error(run_cli(*_args(digits, run, "vision_width=128")), "vision_width 64 -> 128")
     assert sorted(os.listdir(run_dir / "checkpoints")) == before
     assert (run_dir / "config.yaml").read_text() == config
 
@@ -103,7 +97,7 @@ def test_divergence_stops_without_a_nonfinite_checkpoint(digits, tmp_path):
     result = run_cli("-m", "llip.main", "clip_tiny", f"train_data={digits['train']}",
                      f"logs={tmp_path}", "name=div", "lr=1e10", "train_num_samples=160",
                      "checkpoint_every=1", "log_every=100")
-    _one_error(result, "training diverged")
+    assert_one_error(result, "training diverged")
     import torch
     for ckpt in rd.complete_checkpoints(str(tmp_path / "div")):
         model = rd.load_model(ckpt)[0]

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import run_cli, write_catalog
+from conftest import assert_one_error, run_cli, write_catalog
 from llip import run_dir as rd
 
 
@@ -36,14 +36,6 @@ def mount(tmp_path):
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
-def _one_error(result, *needles):
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines[-1].startswith("error:"), lines[-1]
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-
-
 def _train(digits, logs, *extra):
     return run_cli("-m", "llip.main", "clip_tiny", f"train_data={digits['train']}",
                    f"logs={logs}", "name=run", "train_num_samples=160", "checkpoint_every=5",
@@ -53,7 +45,7 @@ def _train(digits, logs, *extra):
 
 def test_training_on_read_only_storage_is_one_line(digits, mount):
     read_only = mount("ro", "ro,size=1m")
-    _one_error(_train(digits, read_only), f"cannot write {read_only}/run",
+    assert_one_error(_train(digits, read_only), f"cannot write {read_only}/run",
                "read-only file system")
 
 
@@ -65,7 +57,7 @@ def test_disk_full_mid_run_keeps_the_checkpoints_written_and_resumes(digits, tmp
     logs = mount("full", f"size={size * 3 // 2 + (1 << 20)}")  # room for one, not two
 
     full = _train(digits, logs)
-    _one_error(full, f"cannot write checkpoint {logs}/run/checkpoints/step_00000010",
+    assert_one_error(full, f"cannot write checkpoint {logs}/run/checkpoints/step_00000010",
                "full")
     run_dir = str(logs / "run")
     assert rd.step_of(rd.latest(run_dir)) == 5
@@ -93,7 +85,7 @@ def test_conversion_into_read_only_or_full_storage_is_one_line(tmp_path, mount):
                         (mount("full", "size=256k"), "no space left on device")):
         result = run_cli("-m", "llip.data.convert", "json", str(source), "--out", str(out),
                          "--image-root", str(images), "--per-shard", "2", "--workers", "1")
-        _one_error(result, f"cannot write {out}", needle)
+        assert_one_error(result, f"cannot write {out}", needle)
 
 
 def test_eval_results_on_read_only_storage_are_one_line(trained_clip, digits, tmp_path, mount):
@@ -103,5 +95,5 @@ def test_eval_results_on_read_only_storage_are_one_line(trained_clip, digits, tm
     fname.write_text(yaml.safe_dump({"checkpoints": [trained_clip], "catalogs": [catalog],
                                      "datasets": ["digits"], "workers": 0,
                                      "output_dir": str(read_only / "evals")}))
-    _one_error(run_cli("-m", "evals.main_mc", "--fname", str(fname)),
+    assert_one_error(run_cli("-m", "evals.main_mc", "--fname", str(fname)),
                f"cannot write {read_only}/evals", "read-only file system")
