@@ -255,7 +255,8 @@ def report(args, runs, frame: pd.DataFrame, attn: dict, timing: dict) -> str:
     out.append("\nper seed (final checkpoint):\n")
     cols = ["variant", "seed", "lr", *tasks, "logit_scale", "logit_bias"] + \
         [c for c in ("attn_entropy", "attn_spread") if c in per_seed]
-    out.append(per_seed[cols].to_markdown(index=False, floatfmt=".3f"))
+    out.append(per_seed[cols].to_markdown(  # lr as 0.0005, not rounded to 0.001
+        index=False, floatfmt=["g" if c == "lr" else ".3f" for c in cols]))
     out.append("\nlearning curves (mean over seeds):\n")
     curve = frame.pivot_table(index=["dataset", "variant"], columns="step", values="value")
     out.append(curve.to_markdown(floatfmt=".3f"))
