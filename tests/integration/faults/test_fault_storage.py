@@ -1,6 +1,6 @@
-"""Fault injection on storage: outputs on a read-only file system and on a full one, made for
-real with tmpfs mounts (root only; skipped otherwise). Every command ends with one line that
-names the output and says what is wrong; a full disk mid-run keeps the checkpoints already
+"""Fault injection on storage: outputs under a file, and on read-only and full file systems
+made for real with tmpfs mounts (root only; skipped otherwise). Every command ends with one line
+that names the output and says what is wrong; a full disk mid-run keeps the checkpoints already
 written, and the run resumes from them once there is space."""
 import json
 import os
@@ -47,6 +47,13 @@ def test_training_on_read_only_storage_is_one_line(digits, mount):
     read_only = mount("ro", "ro,size=1m")
     assert_one_error(_train(digits, read_only), f"cannot write {read_only}/run",
                "read-only file system")
+
+
+def test_training_under_a_file_is_one_line(digits, tmp_path):
+    (tmp_path / "afile").write_text("not a directory")
+    assert_one_error(_train(digits, tmp_path / "afile"), f"cannot write {tmp_path}/afile/run",
+                     "not a directory")
+    assert (tmp_path / "afile").read_text() == "not a directory"
 
 
 def test_disk_full_mid_run_keeps_the_checkpoints_written_and_resumes(digits, tmp_path, mount):
