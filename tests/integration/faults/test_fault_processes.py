@@ -78,17 +78,19 @@ def test_killed_trainer_takes_its_workers_along_and_its_lock_is_taken_over(digit
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     trainer = subprocess.Popen([sys.executable, *args, "epochs=1000"], cwd=REPO, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    run_dir = str(tmp_path / "run")
+    run_dir, workers = str(tmp_path / "run"), set()
     try:
         _wait(lambda: rd.latest(run_dir) is not None or trainer.poll() is not None, 300,
               "the first checkpoint")
         assert trainer.poll() is None, trainer.stderr.read()[-2000:]
-        workers = _children(trainer.pid)
-        assert len(workers) == 2, workers
+        # 2 workers, more while a restarted stream's workers replace the old ones
+        workers = set(_children(trainer.pid))
+        assert len(workers) >= 2, workers
 
         second = run_cli(*args, "epochs=1000")  # the same run, launched again meanwhile
         assert_one_error(second, f"in use by pid {trainer.pid} on host")
     finally:
+        workers |= set(_children(trainer.pid))
         trainer.kill()
         trainer.wait()
     trainer.stderr.close()
