@@ -79,3 +79,14 @@ def assert_one_error(result, *needles):
     assert lines and lines[-1].startswith("error:"), result.stderr[-2000:]
     for needle in needles:
         assert needle in lines[-1], lines[-1]
+
+
+class Touch:
+    """A pickle payload that runs `touch path` when unpickled: the marker file that proves
+    whether a loader ran code from data."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))

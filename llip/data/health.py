@@ -127,10 +127,7 @@ class ShardWatch:
                             f"{_one_line(exn)}): fix or remove that source")
 
     def describe(self, source: int) -> str:
-        urls = self.sources[source] if source < len(self.sources) else []
-        where = (f"{urls[0]} ... ({len(urls)} shards)" if len(urls) > 1 else urls[0]) if urls \
-            else "the stream"
-        return f"train_data source {source + 1} ({where})" if len(self.sources) > 1 else where
+        return describe_source(self.sources, source)
 
     def _check_empty(self, source: int, url: str) -> None:
         if not self.read[source] and self.drawn[source] >= SOURCE_PROBE_SHARDS:
@@ -140,6 +137,15 @@ class ShardWatch:
         if self.draws_since_sample >= EMPTY_SHARDS_IN_A_ROW:
             raise DataError(f"no samples from the last {self.draws_since_sample} shards read "
                             f"(last: {url}): shards empty or storage unreachable")
+
+
+def describe_source(sources: list[list[str]], source: int) -> str:
+    """How an error names a train_data source: its first shard (and count), and its number
+    when train_data mixes several."""
+    urls = sources[source] if source < len(sources) else []
+    where = (f"{urls[0]} ... ({len(urls)} shards)" if len(urls) > 1 else urls[0]) if urls \
+        else "the stream"
+    return f"train_data source {source + 1} ({where})" if len(sources) > 1 else where
 
 
 def _one_line(exn: Exception) -> str:

@@ -30,7 +30,7 @@ import webdataset as wds
 
 from llip.cli import ConfigError
 from llip.data import caption_list, sample_image
-from llip.data.health import DataError, ShardWatch, SkipCounter
+from llip.data.health import DataError, ShardWatch, SkipCounter, describe_source
 from llip.io import read_json
 
 log = logging.getLogger("llip.data")
@@ -75,10 +75,8 @@ def check_shards(sources: list[list[str]]) -> None:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")
         if urls and empty == len(urls):
-            where = f"train_data source {i + 1} ({urls[0]}{' ...' if len(urls) > 1 else ''})" \
-                if len(sources) > 1 else f"train_data {urls[0]}{' ...' if len(urls) > 1 else ''}"
-            raise ConfigError(f"{where} holds no samples: its {len(urls)} shard(s) are empty "
-                              "tars: fix or remove that source")
+            raise ConfigError(f"{describe_source(sources, i)} holds no samples: its shards are "
+                              "empty tars: fix or remove that source")
 
 
 def _empty_tar(path: str, size: int) -> bool:

@@ -189,13 +189,13 @@ def _named(final: str):
         yield
     except (Exception, dcp_api.CheckpointException) as exn:
         line = storage_error(exn, f"checkpoint {final}")
-        free = shutil.disk_usage(os.path.dirname(final)).free
-        if line is None and free < FULL_DISK_BYTES:
+        if line is None:
             # torch's tensor writer reports a short write as "unexpected pos", losing the errno
+            free = shutil.disk_usage(os.path.dirname(final)).free
+            if free >= FULL_DISK_BYTES:
+                raise
             line = (f"cannot write checkpoint {final}: the disk holding it is full ({free} "
                     "bytes free): free space or write elsewhere")
-        if line is None:
-            raise
         raise ConfigError(line) from None
 
 

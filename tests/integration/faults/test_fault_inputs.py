@@ -3,7 +3,6 @@ for real (files on disk) and checked for the promised behaviour: nothing execute
 is never created), one-line errors, nothing lost."""
 import io
 import json
-import os
 import pickle
 import random
 
@@ -12,18 +11,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from conftest import Touch
 from llip.cli import ConfigError
 from llip.data.health import DataError, SkipCounter
 from llip.data.stream import decode_samples
 from llip.run_configs import resolve
-
-
-class _Touch:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
 
 
 def _png(i=0):
@@ -36,7 +28,7 @@ def _evil_shard(path, marker):
     with wds.TarWriter(str(path)) as sink:
         for i in range(4):
             sink.write({"__key__": f"k{i}", "png": _png(i), "txt": f"caption {i}", "cls": b"1",
-                        "pyd": pickle.dumps(_Touch(marker)), "pth": pickle.dumps(_Touch(marker))})
+                        "pyd": pickle.dumps(Touch(marker)), "pth": pickle.dumps(Touch(marker))})
     return str(path)
 
 

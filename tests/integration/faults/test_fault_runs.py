@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import assert_one_error, run_cli
+from conftest import Touch, assert_one_error, run_cli
 from llip import run_dir as rd
 from llip.io import sha256_file
 
@@ -32,14 +32,6 @@ def run(base_run, tmp_path):
     return tmp_path / "logs"
 
 
-class _Touch:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 def test_flipped_byte_is_refused_and_resume_falls_back(digits, run, tmp_path):
     newest = rd.checkpoint_dir(str(run / "run"), 10)
     data = os.path.join(newest, "__0_0.distcp")
@@ -59,7 +51,7 @@ def test_hostile_metadata_never_runs_even_with_valid_digests(run, tmp_path):
     marker = tmp_path / "executed"
     ckpt = rd.checkpoint_dir(str(run / "run"), 10)
     meta = os.path.join(ckpt, ".metadata")
-    open(meta, "wb").write(pickle.dumps(_Touch(marker)))
+    open(meta, "wb").write(pickle.dumps(Touch(marker)))
     marker_json = json.load(open(os.path.join(ckpt, "COMPLETE")))
     marker_json["files"][".metadata"] = {"sha256": sha256_file(meta),
                                          "bytes": os.path.getsize(meta)}
