@@ -4,7 +4,7 @@ embedding of CLIP and SigLIP at binding colour to shape?
 
 Trains clip_scenes, siglip_scenes, llip_scenes and the mechanism control llip_scenes_zero_query
 (Llip with the query zeroed: uniform attention, same parameters and compute) for equal steps on
-llip.data.scenes, several seeds each; evaluates every checkpoint (learning curves) through
+llip.data.synthetic.scenes, several seeds each; evaluates every checkpoint (learning curves) through
 evals.main_mc on the test split (bind_colour, bind_shape: 6-way per object; presence: mAP over
 the 36 single-object prompts); measures Llip's attention (evals.attention); prints mean +- std
 over seeds, the per-seed numbers and the acceptance verdict (paired by seed).
@@ -30,13 +30,14 @@ import webdataset as wds
 import yaml
 
 from evals.aggregate import read_results
-from evals.attention import attention_stats
-from evals.catalog import load_catalogs
-from llip import run_dir as rd
 from llip.data import IMAGE_KEYS, tokenizer_for, transform_for
 from llip.data.stream import expand_sources
+from llip.evaluation.attention import attention_stats
+from llip.evaluation.catalog import load_catalogs
 from llip.io import atomic_write, read_text, write_json
+from llip.loading import load_model
 from llip.run_configs import get_config
+from llip.run_dir import latest, metrics_path, step_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {"clip": "clip_scenes", "siglip": "siglip_scenes", "llip": "llip_scenes",
@@ -66,11 +67,11 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------ data, runs, evals
 def build_data(task: str, out: str) -> dict:
     if task == "scenes":
-        from llip.data.scenes import build
+        from llip.data.synthetic.scenes import build
         specs = build(os.path.join(out, "data"))
         return {"train": specs["train"], "test": specs["catalog_test"],
                 "validation": specs["catalog_validation"]}
-    from llip.data.attributes import build
+    from llip.data.synthetic.attributes import build
     specs = build(os.path.join(out, "data"))
     return {"train": specs["train"], "test": specs["catalog"], "validation": specs["catalog"]}
 
@@ -98,8 +99,8 @@ def plan(args, data: dict, logs: str) -> list[dict]:
 
 def train(run: dict, threads: int) -> float:
     """One run through the normal CLI; a finished run is kept (resumable benchmark)."""
-    path = rd.latest(run["dir"])
-    if path is not None and rd.step_of(path) == run["steps"]:
+    path = latest(run["dir"])
+    if path is not None and step_of(path) == run["steps"]:
         return 0.0
     start = time.time()
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
@@ -156,7 +157,7 @@ def results_frame(runs, out: str) -> pd.DataFrame:
 
 # ------------------------------------------------------------------ diagnostics
 def last_metrics(run: dict) -> dict:
-    lines = [json.loads(x) for x in read_text(rd.metrics_path(run["dir"])).splitlines() if x]
+    lines = [json.loads(x) for x in read_text(metrics_path(run["dir"])).splitlines() if x]
     return {k: lines[-1].get(k) for k in ("logit_scale", "logit_bias", "loss")}
 
 
@@ -179,7 +180,7 @@ def test_images(catalog: dict, transform, n: int = 500):
 
 def attention(run: dict, catalog_path: str) -> dict:
     torch.set_num_threads(1)
-    model, cfg, _ = rd.load_model(rd.latest(run["dir"]))
+    model, cfg, _ = load_model(latest(run["dir"]))
     catalog = load_catalogs([catalog_path])
     return attention_stats(model, tokenizer_for(cfg), test_images(catalog, transform_for(
         cfg, False)), prompts_of(catalog))

@@ -26,7 +26,7 @@ import sys
 import sysconfig
 import tempfile
 
-from llip.data.digits import build
+from llip.data.synthetic.digits import build
 from llip.io import read_text
 from llip.run_configs import resolve
 

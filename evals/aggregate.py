@@ -18,10 +18,11 @@ import sys
 
 import pandas as pd
 
-from evals.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
 from evals.interop import read_clip_benchmark
 from evals.results import long_rows, read_result
-from llip.cli import ConfigError, cli
+from llip.cli import cli
+from llip.errors import ConfigError
+from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
 from llip.io import atomic_write
 
 INDEX = ["model", "step", "eval_tau"]
@@ -120,8 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("output_dir")
     parser.add_argument("--catalog", action="append", default=None,
                         help="catalog(s) whose dataset groups get an average_<group> column and "
-                        "whose main metrics apply to CLIP_benchmark results (default: evals/"
-                        "dataset_catalog.json)")
+                        "whose main metrics apply to CLIP_benchmark results (default: llip/"
+                        "evaluation/dataset_catalog.json)")
     parser.add_argument("--clip-benchmark", action="append", default=[], metavar="PATH",
                         help="CLIP_benchmark result JSON file or folder (repeatable)")
     args = parser.parse_args(argv)

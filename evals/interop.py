@@ -13,7 +13,7 @@ import glob
 import json
 import os
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.io import read_text
 
 ALIASES = {"flowers": "flowers102", "kitti_closest_vehicle_distance": "kitti_distance",

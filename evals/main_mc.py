@@ -1,7 +1,8 @@
-"""Zero-shot evals of many checkpoints on many datasets:
+"""The eval sweep: zero-shot evals of many checkpoints on many datasets.
 
     python -m evals.main_mc --fname config_evals/<x>.yaml
 
+(The name is the documented command's, kept from the Llip release: "mc" for many checkpoints.)
 One task per (checkpoint, dataset), run locally or as a SLURM job array; each encodes the images
 once, scores every eval tau from those embeddings and writes one JSON result. Existing complete
 results are skipped, so a sweep can simply be re-run after failures. A task that fails (missing
@@ -20,16 +21,17 @@ import yaml
 
 from evals import checkpoints, results
 from evals.aggregate import aggregate
-from evals.catalog import (
+from evals.runner import run_task, task_name
+from llip.cli import cli
+from llip.errors import ConfigError, closest, one_line
+from llip.evaluation.catalog import (
     DEFAULT_CATALOG,
-    PROBE_TASKS,
     expand,
     expand_names,
     load_catalogs,
     load_groups,
 )
-from evals.runner import describe, run_task
-from llip.cli import ConfigError, cli, closest
+from llip.evaluation.evaluators import EVALUATORS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +147,9 @@ def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
             failures.append((ckpt.path, ckpt.reason))
             continue
         tasks.extend({"checkpoint": ckpt, "dataset": catalog[name],
-                      # eval tau is Llip's and only scores zero-shot tasks, not probes
+                      # eval tau is Llip's and only scores through the logits (not probes)
                       "taus": sweep.eval_tau if ckpt.loss == "llip" and
-                      catalog[name]["task"] not in PROBE_TASKS else [None],
+                      EVALUATORS[catalog[name]["task"]].uses_tau else [None],
                       "batch_size": sweep.batch_size, "workers": sweep.workers,
                       "output": results.result_path(sweep.output_dir, ckpt.label, name, ckpt.id)}
                      for name in names)
@@ -156,18 +158,6 @@ def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
 
 def is_done(task) -> bool:
     return not results.missing_taus(results.read_result(task["output"]), task["taus"])
-
-
-def one_line(exn: BaseException) -> str:
-    """An exception as one line. DataLoader workers re-raise with the worker's whole traceback
-    in the message: its last line is the error."""
-    text = str(exn) if isinstance(exn, ConfigError) else f"{type(exn).__name__}: {exn}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exn).__name__
-    if len(lines) > 1 and "Original Traceback" in text:
-        return lines[-1].removeprefix("llip.cli.ConfigError: ")
-    return lines[0]
 
 
 def _scores(result) -> str:
@@ -183,10 +173,10 @@ def run_local(tasks) -> list:
         start = time.time()
         try:
             r = run_task(task)
-            print(f"[{i}/{len(tasks)}] {describe(task)}: {_scores(r)} "
+            print(f"[{i}/{len(tasks)}] {task_name(task)}: {_scores(r)} "
                   f"(n={r['n']}, {time.time() - start:.1f}s)", flush=True)
         except Exception as exn:  # noqa: BLE001 - a failing task never stops the sweep
-            failures.append((describe(task), one_line(exn)))
+            failures.append((task_name(task), one_line(exn)))
             print(f"[{i}/{len(tasks)}] FAILED {failures[-1][0]}: {failures[-1][1]}", flush=True)
     return failures
 
@@ -213,7 +203,7 @@ def run_slurm(tasks, sweep: SweepConfig) -> list:
             print("stopped waiting; re-run this command later to aggregate what finished")
             break
         time.sleep(2)
-    return [(describe(t), _slurm_reason(job, executor.folder))
+    return [(task_name(t), _slurm_reason(job, executor.folder))
             for t, job in zip(tasks, jobs) if not is_done(t)]
 
 
@@ -223,9 +213,8 @@ def _slurm_reason(job, folder) -> str:
             exn = job.exception()  # the task's traceback, as text: its last line is the error
         except Exception:  # noqa: BLE001 - an unreadable job state is reported as such
             exn = None
-        lines = [line.strip() for line in str(exn or "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1].removeprefix("llip.cli.ConfigError: ")
+        if exn is not None and str(exn).strip():  # the task's traceback, as text
+            return one_line(str(exn))
     return f"no complete result (see {folder})"
 
 

@@ -16,9 +16,9 @@ import os
 import re
 
 from llip.io import read_json
+from llip.run_dir import run_dir_of
 
 REQUIRED = ("id", "model", "step", "checkpoint", "dataset", "task", "metric", "by_tau")
-_STEP_DIR = re.compile(r"^step_\d{8}$")
 
 
 def checkpoint_id(path: str, step) -> str:
@@ -63,22 +63,13 @@ def missing_taus(result, taus) -> list:
     return [t for t in taus if tau_key(t) not in have]
 
 
-def source_of(checkpoint: str) -> str:
-    """What a checkpoint belongs to: the run dir of a checkpoints/step_* dir, else itself."""
-    path = os.path.normpath(checkpoint)
-    parent = os.path.dirname(path)
-    if _STEP_DIR.match(os.path.basename(path)) and os.path.basename(parent) == "checkpoints":
-        return os.path.dirname(parent)
-    return path
-
-
 def display_labels(results) -> dict:
     """id -> the model column of the tables: the run name, or, where two sources (run dirs,
     exported files) share a run name, the name plus the shortest path tail that tells them
     apart, e.g. "clip_demo (a/clip_demo)"."""
     sources = {}
     for r in results:
-        sources.setdefault(r["model"], set()).add(source_of(r["checkpoint"]))
+        sources.setdefault(r["model"], set()).add(run_dir_of(r["checkpoint"]))
     tails = {}
     for name, group in sources.items():
         if len(group) == 1:
@@ -92,7 +83,7 @@ def display_labels(results) -> dict:
         tails[name] = {s: "/".join(p[-depth:]) for s, p in parts.items()}
     labels = {}
     for r in results:
-        tail = tails[r["model"]][source_of(r["checkpoint"])]
+        tail = tails[r["model"]][run_dir_of(r["checkpoint"])]
         labels[r["id"]] = f"{r['model']} ({tail})" if tail else r["model"]
     return labels
 

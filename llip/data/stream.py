@@ -28,9 +28,9 @@ import braceexpand
 import torch
 import webdataset as wds
 
-from llip.cli import ConfigError
 from llip.data import caption_list, sample_image
-from llip.data.health import DataError, ShardWatch, SkipCounter, describe_source
+from llip.data.health import ShardWatch, SkipCounter, source_name
+from llip.errors import ConfigError, DataError
 from llip.io import read_json
 
 log = logging.getLogger("llip.data")
@@ -75,7 +75,7 @@ def check_shards(sources: list[list[str]]) -> None:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")
         if urls and empty == len(urls):
-            raise ConfigError(f"{describe_source(sources, i)} holds no samples: its shards are "
+            raise ConfigError(f"{source_name(sources, i)} holds no samples: its shards are "
                               "empty tars: fix or remove that source")
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 
 TOWERS = {"image": ("visual.", "image_proj"), "text": ("text.", "text_proj")}
 POST = {"image": ("visual.ln_post.", "image_proj"), "text": ("text.ln_final.", "text_proj")}

@@ -1,8 +1,8 @@
-"""The binding benchmark in miniature: tiny towers on llip.data.scenes (3 objects per image,
-captions naming 1 or 2 of them), equal steps and fair settings for every loss.
+"""The binding benchmark in miniature: tiny towers on llip.data.synthetic.scenes (3 objects per
+image, captions naming 1 or 2 of them), equal steps and fair settings for every loss.
 
 Run:  python benchmarks/caption_diversity.py        (3 losses + the control, 3 seeds, evals)
-  or  python -m llip.data.scenes data/scenes && python -m llip.main llip_scenes
+  or  python -m llip.data.synthetic.scenes data/scenes && python -m llip.main llip_scenes
 Expect: the table and verdict recorded in benchmarks/RESULTS.md.
 
 Fair settings: the sigmoid bias starts at -ln(B - 1) (-10 is a 32k-batch value that a short

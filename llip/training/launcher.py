@@ -8,18 +8,17 @@ from the newest complete checkpoint, which it writes every `checkpoint_every` st
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 
 import submitit
 
-from llip.cli import ConfigError, cli
+from llip.cli import cli
+from llip.errors import ConfigError
 from llip.io import atomic_write, read_text
 from llip.run_configs import resolve
-from llip.run_dir import path_of
+from llip.run_dir import job_id_path, path_of, submitit_dir
+from llip.training import slurm
 from llip.training.trainer import Trainer, checked_for_training
-
-JOB_ID_FILE = "job_id"
 
 
 class SlurmTrainer(submitit.helpers.Checkpointable):
@@ -34,7 +33,7 @@ class SlurmTrainer(submitit.helpers.Checkpointable):
 
 
 def submitit_folder(cfg) -> str:
-    return os.path.abspath(os.path.join(path_of(cfg), "submitit"))
+    return submitit_dir(path_of(cfg))
 
 
 def slurm_parameters(cfg) -> dict:
@@ -91,19 +90,15 @@ def sbatch_script(cfg) -> str:
 
 def live_job(cfg):
     """The id of a queued or running job that owns this run dir, if any."""
-    path = os.path.join(submitit_folder(cfg), JOB_ID_FILE)
-    if not os.path.exists(path) or shutil.which("squeue") is None:
+    path = job_id_path(path_of(cfg))
+    if not os.path.exists(path):
         return None
     job_id = read_text(path).strip()
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                         text=True, timeout=30)
-    states = set(out.stdout.split()) if out.returncode == 0 else set()
-    return job_id if states & {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
-                               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"} else None
+    return job_id if slurm.is_live(job_id) else None
 
 
 def record_job(cfg, job_id: str) -> None:
-    atomic_write(os.path.join(submitit_folder(cfg), JOB_ID_FILE), job_id)
+    atomic_write(job_id_path(path_of(cfg)), job_id)
 
 
 @cli

@@ -11,8 +11,6 @@ import subprocess
 
 import torch
 
-from llip import run_dir as rd
-from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
@@ -22,12 +20,14 @@ from llip.data.stream import (
     stream_seed,
     with_dataset_size,
 )
+from llip.errors import ConfigError, UserError
+from llip.loading import check_init_from
 from llip.losses import contrastive_loss
-from llip.models.pretrained import check_init_from
+from llip.run_dir import path_of, write_config
 from llip.training import checkpoint, dist, divergence
 from llip.training.accumulate import accumulate_gradients
 from llip.training.claim import claim_run_dir
-from llip.training.evaluate import Evaluator, eval_entries
+from llip.training.evaluate import TrainingEvals, eval_entries
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.model_setup import build_for_training
 from llip.training.optim import build_optimizer, lr_at
@@ -80,7 +80,7 @@ def check_shards_once(cfg, world) -> None:
     if world.is_main:
         try:
             check_shards(expand_sources(cfg.train_data))
-        except ConfigError as exn:
+        except UserError as exn:
             error = exn
     failed = dist.all_reduce_sum(torch.tensor([float(error is not None)], device=world.device))
     if error is not None:
@@ -104,7 +104,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def train(self, world) -> str:
-        cfg, run_dir = self.cfg, rd.path_of(self.cfg)
+        cfg, run_dir = self.cfg, path_of(self.cfg)
         local_batch = local_batch_size(cfg, world.size)  # before anything is written
         check_shards_once(cfg, world)
         flops = step_flops(cfg, local_batch, world.size) if world.is_main else 0
@@ -133,7 +133,7 @@ class Trainer:
 
     def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
-        rd.write_config(run_dir, self.cfg, git_commit=_git_commit())
+        write_config(run_dir, self.cfg, git_commit=_git_commit())
         state = "new run" if not start else "already complete: nothing to do" \
             if start == self.cfg.total_steps else f"resuming at step {start}"
         print(f"run dir {run_dir} ({state}), "
@@ -156,7 +156,7 @@ class Trainer:
         # Sums kept on the device and read only at log steps: no step waits for the host.
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
-        evaluator = Evaluator(cfg, world)
+        evaluator = TrainingEvals(cfg, world)
         last_saved = start
         for step in range(start, cfg.total_steps):
             images, tokens, counts = meter.next_batch(batches)

@@ -8,9 +8,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
-from llip.data.health import DataError
 from llip.data.stream import (
     ShardStream,
     SkipCounter,
@@ -19,6 +17,7 @@ from llip.data.stream import (
     decode_samples,
     expand_sources,
 )
+from llip.errors import ConfigError, DataError
 from llip.run_configs import resolve
 
 

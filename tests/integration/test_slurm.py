@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
 from llip.io import read_text
-from llip.run_dir import load_model
+from llip.loading import load_model
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_pa
 def test_eval_sweep_runs_as_a_slurm_job_array(slurm, trained_clip, digits, tmp_path):
     import yaml
 
-    from conftest import write_catalog
+    from helpers import write_catalog
     sweep = {"checkpoints": [{"path": trained_clip, "all": True}],
              "catalogs": [write_catalog(tmp_path / "catalog.json", digits)],
              "datasets": ["digits", "digits_retrieval"], "batch_size": 128, "workers": 0,
@@ -132,8 +132,9 @@ def test_a_lock_held_by_a_slurm_job_elsewhere_is_kept_while_queued_then_taken_ov
                                                                                    tmp_path):
     """A holder on another host is judged by squeue: kept while its job is queued or running,
     taken over once SLURM no longer lists it (or never knew the id)."""
-    from llip.cli import ConfigError
-    from llip.run_guard import LOCK, RunLock
+    from llip.errors import ConfigError
+    from llip.run_dir import LOCK
+    from llip.training.claim import RunLock
     out = subprocess.run(["sbatch", "--parsable", "--wrap", "sleep 300",
                           f"--output={tmp_path}/sleep.out"], capture_output=True, text=True,
                          timeout=60)

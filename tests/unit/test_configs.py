@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.models import build_model
 from llip.run_configs import get_config, resolve
 from llip.run_configs.registry import REGISTRY

@@ -10,9 +10,15 @@ import pytest
 
 from evals import prompts
 from evals.aggregate import aggregate, tables
-from evals.catalog import DEFAULT_CATALOG, expand_names, load_catalogs, load_groups, validate_entry
 from evals.results import checkpoint_id
-from llip.cli import ConfigError
+from llip.errors import ConfigError
+from llip.evaluation.catalog import (
+    DEFAULT_CATALOG,
+    expand_names,
+    load_catalogs,
+    load_groups,
+    validate_entry,
+)
 
 
 def test_metadata_is_a_verbatim_copy_of_clip_benchmarks_package_data():

@@ -9,12 +9,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from evals.attention import attention_weights, summarise
-from evals.multilabel import average_precision, mean_average_precision, multiple_choice
-from llip.cli import ConfigError
 from llip.config import from_dict, to_dict
-from llip.data import scenes
 from llip.data.stream import SkipCounter, decode_samples, expand_sources
+from llip.data.synthetic import scenes
+from llip.errors import ConfigError
+from llip.evaluation.attention import attention_weights, summarise
+from llip.evaluation.multilabel import average_precision, mean_average_precision, multiple_choice
 from llip.models import build_model
 from llip.run_configs import get_config, resolve
 from llip.training.optim import param_groups

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from llip.cli import ConfigError
 from llip.data import stream
+from llip.errors import ConfigError
 from llip.run_configs import resolve
 from llip.training.dist import World
 from llip.training.trainer import check_shards_once

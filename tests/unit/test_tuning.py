@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.models import build_model
 from llip.models.tuning import LoraMultiheadAttention, apply_tuning, merge_lora
 from llip.run_configs import resolve

@@ -1,5 +1,5 @@
-"""open_clip's CLIP state-dict names <-> ours, its model configs <-> our RunConfig, and open_clip
-models as eval subjects.
+"""The open_clip adapter: its CLIP state-dict names <-> ours, its model configs <-> our
+RunConfig.
 
 Our towers are built from open_clip's Transformer blocks, so block names already agree; the
 differences are at the edges of the towers:
@@ -14,14 +14,11 @@ differences are at the edges of the towers:
 open_clip's CustomTextCLIP keeps the same text tower under `text.`; both are read.
 """
 import dataclasses
-import os
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from llip.cli import ConfigError, closest
 from llip.config import RunConfig
+from llip.errors import ConfigError, closest
 
 VISION_SAME = ("visual.conv1.", "visual.ln_pre.", "visual.transformer.", "visual.ln_post.")
 TEXT_TOP = ("token_embedding", "positional_embedding", "transformer", "ln_final")
@@ -34,6 +31,12 @@ def _text_name(name: str) -> str:
     """A CustomTextCLIP text name (text.token_embedding...) -> the CLIP one (token_embedding...)."""
     inner = name[len("text."):] if name.startswith("text.") else ""
     return inner if inner.split(".")[0] in (*TEXT_TOP, "text_projection") else name
+
+
+def matches(sd: dict) -> bool:
+    """An open_clip CLIP state dict (a text tower at top level or under `text.`)."""
+    return "visual.class_embedding" in sd and "visual.proj" in sd and (
+        "token_embedding.weight" in sd or "text.token_embedding.weight" in sd)
 
 
 def to_ours(sd: dict) -> tuple[dict, list[str]]:
@@ -192,102 +195,3 @@ def builtin_name(oc: dict):
         except ConfigError:
             continue
     return None
-
-
-# ---------------------------------------------------------------- eval subjects
-PREFIX = "openclip:"
-
-
-def subject_spec(name: str, pretrained: str) -> str:
-    """An eval sweep entry {openclip: NAME, pretrained: PATH_OR_TAG} as one checkpoint string
-    (open_clip names never contain '@')."""
-    import open_clip
-    model_config(name)  # an unknown name or tag fails while the sweep is being planned
-    pretrained = pretrained or ""
-    if pretrained and not os.path.isfile(pretrained) and not name.startswith("hf-hub:"):
-        tags = open_clip.list_pretrained_tags_by_model(name)
-        if pretrained not in tags:
-            raise ConfigError(f"open_clip {name}: pretrained={pretrained} is neither a file nor "
-                              f"one of its tags ({', '.join(tags) or 'it has none'})")
-    return f"{PREFIX}{name}@{pretrained}"
-
-
-def is_subject(spec) -> bool:
-    return isinstance(spec, str) and spec.startswith(PREFIX)
-
-
-def subject_tag(spec: str) -> str:
-    name, pretrained = spec[len(PREFIX):].split("@", 1)
-    label = os.path.splitext(os.path.basename(pretrained))[0] if os.path.isfile(pretrained) \
-        else pretrained.replace("/", "_").replace(":", "_")
-    return f"openclip_{name.replace('/', '_').replace(':', '_')}_{label or 'random'}"
-
-
-class OpenClipSubject(nn.Module):
-    """An open_clip model behind our eval interface, with its own preprocessing and tokenizer
-    (`preprocess`, `tokenizer`: the runner uses them instead of ours)."""
-
-    def __init__(self, model, preprocess, tokenizer):
-        super().__init__()
-        self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
-
-    @property
-    def logit_scale(self):
-        return self.model.logit_scale
-
-    def encode_image(self, images):
-        return self.model.encode_image(images, normalize=True)
-
-    def encode_text(self, tokens):
-        return self.model.encode_text(tokens, normalize=True)
-
-    def forward(self, images, tokens):
-        return self.encode_image(images), self.encode_text(tokens)
-
-    def mean_text(self, text_emb):
-        return F.normalize(text_emb.mean(0), dim=-1)
-
-    def logits(self, image_emb, text_emb, tau=None):
-        out = self.model.logit_scale.exp() * image_emb @ text_emb.T
-        return out if self.model.logit_bias is None else out + self.model.logit_bias
-
-
-def load_subject(spec: str, device="cpu"):
-    """openclip:NAME@PATH_OR_TAG -> (OpenClipSubject, a RunConfig describing it, step 0).
-    A local file is read by llip (weights_only, DDP/compile prefixes removed, strict); a tag or
-    hf-hub name is fetched by open_clip."""
-    import open_clip
-
-    from llip.models.pretrained import read_weights, state_dict_of
-    name, pretrained = spec[len(PREFIX):].split("@", 1)
-    model_config(name)
-    local = os.path.isfile(pretrained)
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=None if local else (pretrained or None))
-    except RuntimeError as exn:
-        raise ConfigError(f"open_clip {name} pretrained={pretrained!r}: "
-                          f"{str(exn).splitlines()[0][:200]}") from None
-    if local:
-        sd = {k: v for k, v in state_dict_of(read_weights(pretrained), pretrained).items()
-              if k not in NOT_WEIGHTS}
-        own = model.state_dict()
-        for key in SCALARS:  # 0-D in some checkpoints, [1] in others
-            if key in sd and key in own:
-                sd[key] = sd[key].reshape(own[key].shape)
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        wrong = sorted(k for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-        if missing or unexpected or wrong:
-            raise ConfigError(f"{pretrained} does not fit open_clip {name}: "
-                              f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} "
-                              f"unexpected (e.g. {unexpected[:2]}), {len(wrong)} of wrong shape "
-                              f"(e.g. {wrong[:2]})")
-        model.load_state_dict(sd)
-    image_size = model.visual.image_size
-    cfg = RunConfig(name=subject_tag(spec), loss="clip" if model.logit_bias is None else "siglip",
-                    image_size=image_size[0] if isinstance(image_size, tuple) else image_size,
-                    context_length=model.context_length or 77,
-                    description=f"open_clip {name} ({pretrained or 'random init'})")
-    subject = OpenClipSubject(model, preprocess, open_clip.get_tokenizer(name))
-    return subject.to(device).eval(), cfg, 0

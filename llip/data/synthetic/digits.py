@@ -1,7 +1,7 @@
 """Demo data: scikit-learn's handwritten digits (1,797 real 8x8 scans that ship with the package)
 as WebDataset shards with templated captions, and a held-out test split for zero-shot evals.
 
-    python -m llip.data.digits data/digits      # ~1 s; writes train-*.tar, test-*.tar
+    python -m llip.data.synthetic.digits data/digits      # ~1 s; writes train-*.tar, test-*.tar
 """
 import argparse
 import io

@@ -1,9 +1,10 @@
 """Single-object images with three independent attributes (shape, colour, position); each
 caption names one of them, chosen at random; zero-shot tasks probe each attribute separately.
 One object's independent attributes fit in a single embedding, so this is the negative control
-of the binding benchmark (llip.data.scenes): parity between CLIP, SigLIP and Llip is expected.
+of the binding benchmark (llip.data.synthetic.scenes): parity between CLIP, SigLIP and Llip is
+expected.
 
-    python -m llip.data.attributes data/attributes   # writes train-*.tar, test-*.tar, catalog.json
+    python -m llip.data.synthetic.attributes data/attributes  # train-*.tar, test-*.tar, catalog
 """
 import argparse
 import io

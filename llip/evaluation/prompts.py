@@ -1,16 +1,17 @@
 """Class names and prompt templates from CLIP_benchmark, the field's shared source, so zero-shot
 numbers are comparable with published ones.
 
-evals/zeroshot_metadata.json is a verbatim copy of the English class names and templates that
-CLIP_benchmark ships as package data, with the version it came from. Catalog entries refer to it as
-"clip_benchmark:<key>" (e.g. "templates": "clip_benchmark:cifar10"). The copy keeps evals free of
-CLIP_benchmark's heavy dependencies; a test compares it with the installed package
-(requirements-nodeps.txt pins the version). To move to another version:
+llip/evaluation/zeroshot_metadata.json is a verbatim copy of the English class names and
+templates that CLIP_benchmark ships as package data, with the version it came from. Catalog
+entries refer to it as "clip_benchmark:<key>" (e.g. "templates": "clip_benchmark:cifar10"). The
+copy keeps llip free of CLIP_benchmark's heavy dependencies; a test compares it with the
+installed package (requirements-nodeps.txt pins the version). To move to another version:
 
-    pip install --no-deps clip_benchmark==X.Y.Z && python -m evals.prompts
+    pip install --no-deps clip_benchmark==X.Y.Z && python -m llip.evaluation.prompts
 
 For datasets whose class names CLIP_benchmark reads from the dataset files themselves (CIFAR,
-Food-101, DTD, ...) the catalog keeps them in evals/classnames/, in the dataset's label order.
+Food-101, DTD, ...) the catalog keeps them in llip/evaluation/classnames/, in the dataset's
+label order.
 """
 import argparse
 import functools
@@ -21,7 +22,7 @@ import json
 import os
 import sys
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.io import atomic_write, read_json
 
 METADATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zeroshot_metadata.json")
@@ -72,8 +73,8 @@ def lookup(ref: str, field: str, where: str) -> list:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Regenerate evals/zeroshot_metadata.json from "
-                                     "the installed CLIP_benchmark package")
+    parser = argparse.ArgumentParser(description="Regenerate llip/evaluation/zeroshot_metadata"
+                                     ".json from the installed CLIP_benchmark package")
     parser.add_argument("--out", default=METADATA)
     out = generate(parser.parse_args(argv).out)
     print(f"wrote {len(out['classnames'])} class-name lists and {len(out['templates'])} template "

@@ -17,7 +17,7 @@ combination of three (colour, shape) objects never occurs in training, though ev
 read by evals.main_mc's multiple_choice and multilabel tasks (catalog.json: test split,
 catalog_validation.json: validation split).
 
-    python -m llip.data.scenes data/scenes            # writes shards, catalogs and specs.json
+    python -m llip.data.synthetic.scenes data/scenes   # writes shards, catalogs and specs.json
 """
 import argparse
 import hashlib

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from evals.datasets import classification_batches
+from llip.evaluation.datasets import classification_batches
 
 LAMBDAS = np.logspace(-6, 2, num=97).tolist()
 COARSE = list(range(0, 97, 16))  # the 7 values of np.logspace(-6, 2, 7) within LAMBDAS

@@ -17,11 +17,23 @@ import torch
 from PIL import Image
 from webdataset import tarfile_to_samples
 
-from evals.catalog import refuse_pipe
-from llip.cli import ConfigError
 from llip.data import IMAGE_KEYS, caption_list
 from llip.data.stream import expand_sources, local_path
+from llip.errors import ConfigError
 from llip.io import read_json
+
+ALLOW_PIPE = "_allow_pipe"  # set by the catalog loader from the user's flag, never from a catalog
+
+
+def refuse_pipe(urls, entry) -> None:
+    """Shell commands as shard URLs only when the user allowed them for this sweep."""
+    if entry.get(ALLOW_PIPE):
+        return
+    for url in urls:
+        if url.strip().startswith("pipe:"):
+            raise ConfigError(f"dataset '{entry['name']}': path {url[:80]!r} is a shell command "
+                              "(pipe:); a catalog is data and runs no commands: give a file "
+                              "path, or pass --allow-pipe to llip-eval if you trust this catalog")
 
 
 class _Files(torch.utils.data.Dataset):

@@ -1,104 +1,28 @@
-"""Zero-shot evals: agreement with open_clip's own classifier utilities, the Llip/CLIP
-equivalence, sweeps (one image pass for all eval taus, results that cannot collide, failing tasks
-that stay one line), tables, evals logged during training, readers with workers, and bad input."""
+"""Eval sweeps (evals.main_mc): every checkpoint of a run to tables and a plot, one image pass
+for all eval taus, results that cannot collide, failing tasks that stay one line, bad input that
+never loses a result."""
 import dataclasses
 import glob
 import json
 import os
 
-import pytest
 import torch
 import yaml
 
-from conftest import REPO, run_cli, write_catalog
-from evals.datasets import classification_batches
-from evals.probe import image_features
 from evals.results import checkpoint_id
-from evals.zeroshot import class_embeddings, classify
-from llip import run_dir as rd
-from llip.data import tokenizer_for, transform_for
-from llip.data.digits import CLASSNAMES, EVAL_TEMPLATES
+from helpers import REPO, digits_batches, run_cli, write_catalog
+from llip.data import tokenizer_for
+from llip.data.synthetic.digits import CLASSNAMES, EVAL_TEMPLATES
+from llip.evaluation.zeroshot import class_embeddings, classify
 from llip.io import read_json, read_text
-from llip.models import DualEncoder, LlipModel, build_model
+from llip.loading import load_model, save_export
+from llip.models import build_model
 from llip.run_configs import resolve
-from llip.run_dir import load_model
-
-DIGITS = {"name": "digits", "format": "wds", "label_key": "cls", "classnames": CLASSNAMES}
-
-
-def _digits_batches(digits, cfg):
-    return classification_batches({**DIGITS, "path": digits["test"]},
-                                  transform_for(cfg, False), 128, 0)[0]
-
-
-def test_clip_top1_equals_open_clip_zero_shot_classifier(trained_clip, digits):
-    from open_clip.zero_shot_classifier import build_zero_shot_classifier
-    model, cfg, _ = load_model(trained_clip)
-    tokenizer = tokenizer_for(cfg)
-    ours = classify(model, _digits_batches(digits, cfg),
-                    class_embeddings(model, tokenizer, CLASSNAMES, EVAL_TEMPLATES))
-
-    class OpenClipView(torch.nn.Module):  # the interface open_clip's utility expects
-        def encode_text(self, tokens, normalize=False):
-            return model.encode_text(tokens)
-
-    weights = build_zero_shot_classifier(OpenClipView(), tokenizer, CLASSNAMES,
-                                         [lambda c, t=t: t.format(c=c) for t in EVAL_TEMPLATES],
-                                         num_classes_per_batch=4, device="cpu", use_tqdm=False)
-    correct = n = 0
-    with torch.no_grad():
-        for images, labels in _digits_batches(digits, cfg):
-            pred = (model.encode_image(images) @ weights).argmax(dim=1)
-            correct += (pred == labels).sum().item()
-            n += len(labels)
-    assert n == 360 and ours["n"] == 360
-    assert ours["acc1"] == correct / n
-    assert ours["acc1"] > 0.5  # trained on real data: far above the 0.10 chance level
-
-
-class RepeatTokens(torch.nn.Module):
-    """A 1-prefix ViT whose output token is repeated K times: identical mixture tokens."""
-
-    def __init__(self, visual, k):
-        super().__init__()
-        self.visual, self.k = visual, k
-
-    def forward(self, images):
-        return self.visual(images).expand(-1, self.k, -1)
-
-
-def test_llip_with_identical_mixture_tokens_scores_like_clip(digits):
-    llip_cfg = resolve("llip_demo")
-    torch.manual_seed(0)
-    llip = LlipModel(llip_cfg).eval()
-    clip = DualEncoder(dataclasses.replace(llip_cfg, loss="siglip")).eval()
-    llip.visual = RepeatTokens(clip.visual, llip_cfg.mixture_tokens)
-    llip.text = clip.text
-    head = llip.head
-    with torch.no_grad():  # identical per-token projections: uniform attention, x = W_o W_v z
-        head.key_proj.copy_(head.key_proj[:1].expand_as(head.key_proj))
-        head.value_proj.copy_(head.value_proj[:1].expand_as(head.value_proj))
-        clip.image_proj.copy_(head.value_proj[0] @ head.out_proj.weight.T)
-        clip.text_proj.copy_(head.target_proj.weight.T)
-        clip.logit_scale.copy_(head.logit_scale)
-        clip.logit_bias.copy_(head.logit_bias)
-    tokenizer = tokenizer_for(llip_cfg)
-    images, _ = next(iter(_digits_batches(digits, llip_cfg)))
-    tokens = tokenizer([t.format(c=c) for c in CLASSNAMES for t in EVAL_TEMPLATES])
-    with torch.no_grad():
-        torch.testing.assert_close(llip.logits(*llip(images, tokens)),
-                                   clip.logits(*clip(images, tokens)), atol=1e-5, rtol=1e-5)
-    # the probes' Llip feature (uniform mixture W_o mean_k v_k) is then CLIP's image embedding
-    torch.testing.assert_close(image_features(llip, images), image_features(clip, images),
-                               atol=1e-5, rtol=1e-5)
-    results = [classify(m, _digits_batches(digits, llip_cfg),
-                        class_embeddings(m, tokenizer, CLASSNAMES, EVAL_TEMPLATES))
-               for m in (llip, clip)]
-    assert results[0] == results[1]
+from llip.run_dir import checkpoint_dir, metrics_path
 
 
 def _ckpt_id(run_dir, step):
-    return checkpoint_id(rd.checkpoint_dir(run_dir, step), step)
+    return checkpoint_id(checkpoint_dir(run_dir, step), step)
 
 
 def _sweep(tmp_path, checkpoints, catalog, datasets=("digits", "digits_retrieval"), **extra):
@@ -133,14 +57,14 @@ def test_sweep_over_every_checkpoint_writes_tables_and_plot_and_resumes(trained_
     assert row["metric"] == "acc1" and row["n"] == 360 and len(row["by_tau"]) == 1
     assert row["by_tau"][0]["eval_tau"] is None
     assert row["by_tau"][0]["value"] == wide["digits"].iloc[1]
-    assert row["checkpoint"] == os.path.abspath(rd.checkpoint_dir(trained_clip, 110))
+    assert row["checkpoint"] == os.path.abspath(checkpoint_dir(trained_clip, 110))
     assert (out / "results_wide.md").read_text().startswith("| model")
     assert (out / "results_vs_step.png").stat().st_size > 1000
     assert "| clip_demo" in first.stdout
 
     # The evals logged during training scored the same weights on the same images.
     rows = [json.loads(line) for line in
-            read_text(rd.metrics_path(trained_clip)).splitlines()]
+            read_text(metrics_path(trained_clip)).splitlines()]
     during = {r["step"]: r["eval/digits/acc1"] for r in rows if "eval/digits/acc1" in r}
     assert list(during) == [55, 110]
     assert during[110] == row["by_tau"][0]["value"]
@@ -155,7 +79,7 @@ def _export(path, config, seed, step=3):
     cfg = resolve(config)
     torch.manual_seed(seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    return rd.save_export(str(path), build_model(cfg), cfg, step)
+    return save_export(str(path), build_model(cfg), cfg, step)
 
 
 def test_one_sweep_with_two_eval_taus_encodes_each_image_once(digits, tmp_path, monkeypatch):
@@ -166,7 +90,7 @@ def test_one_sweep_with_two_eval_taus_encodes_each_image_once(digits, tmp_path, 
     encoded = {}  # checkpoint -> images through encode_image
 
     def observed_load(path, device):  # the real loader; the model's encode_image is counted
-        model, cfg, step = rd.load_model(path, device)
+        model, cfg, step = load_model(path, device)
         encode = model.encode_image
 
         def counting(images):
@@ -185,15 +109,15 @@ def test_one_sweep_with_two_eval_taus_encodes_each_image_once(digits, tmp_path, 
     llip = _result_file(out, "llip_demo__step00000003", "digits")
     assert [e["eval_tau"] for e in llip["by_tau"]] == [1.0, 5.0]
     assert llip["images_encoded"] == 360
-    model, cfg, _ = rd.load_model(llip_pt)
+    model, cfg, _ = load_model(llip_pt)
     class_emb = class_embeddings(model, tokenizer_for(cfg), CLASSNAMES, EVAL_TEMPLATES)
-    images, _ = next(iter(_digits_batches(digits, cfg)))
+    images, _ = next(iter(digits_batches(digits, cfg)))
     with torch.no_grad():  # the two taus really score differently
         image_emb = model.encode_image(images)
         assert not torch.allclose(model.logits(image_emb, class_emb, 1.0),
                                   model.logits(image_emb, class_emb, 5.0))
     for entry in llip["by_tau"]:  # each tau's numbers are those of a pass at that tau alone
-        alone = classify(model, _digits_batches(digits, cfg), class_emb, tau=entry["eval_tau"])
+        alone = classify(model, digits_batches(digits, cfg), class_emb, tau=entry["eval_tau"])
         assert entry["metrics"] == alone
     clip = _result_file(out, "clip_demo__step00000003", "digits")
     assert [e["eval_tau"] for e in clip["by_tau"]] == [None]
@@ -228,8 +152,8 @@ def test_same_named_checkpoints_and_exports_never_share_a_result(trained_clip, d
     untrained = build_model(cfg)  # same name, same step, random weights
     checkpoint.save(str(tmp_path / "b" / "clip_demo"), cfg, 110, untrained,
                     build_optimizer(untrained, cfg), {"step": 110}, True)
-    rd.save_export(str(tmp_path / "a" / "model.pt"), load_model(str(trained))[0], cfg, 110)
-    rd.save_export(str(tmp_path / "b" / "model.pt"), untrained, cfg, 110)
+    save_export(str(tmp_path / "a" / "model.pt"), load_model(str(trained))[0], cfg, 110)
+    save_export(str(tmp_path / "b" / "model.pt"), untrained, cfg, 110)
     catalog = write_catalog(tmp_path / "catalog.json", digits)
     fname = _sweep(tmp_path, [str(tmp_path / "*" / "clip_demo"), str(tmp_path / "*" / "*.pt")],
                    catalog, datasets=("digits",))
@@ -288,6 +212,8 @@ def test_each_failing_task_is_one_line_and_the_sweep_goes_on(trained_clip, digit
         assert line.startswith(f"FAILED {what}") and why in line, (line, what, why)
     assert "4 eval tasks, 0 already done, 4 to run" in result.stdout
     assert read_json(good)["by_tau"][0]["value"] > 0.5  # redone, and kept
+
+
 def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_path):
     broken = {"task": "zeroshot_classification", "format": "wds", "metric": "acc1",
               "path": str(tmp_path / "missing-{0..1}.tar"), "classnames": ["a", "b"],
@@ -329,85 +255,3 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], \
             (needle, result.stderr)
     assert kept.exists()  # no bad input removed a finished result
-
-
-def _gray_level(image):
-    return torch.tensor(image.getpixel((0, 0))[0])
-
-
-def _numbered_shards(tmp_path, sizes):
-    """Sample i: an image of gray level 5 i, captions 'caption i' and 'alt i', class i % 3."""
-    import io
-
-    import webdataset as wds
-    from PIL import Image
-    i = 0
-    for shard, n in enumerate(sizes):
-        with wds.TarWriter(str(tmp_path / f"n-{shard:06d}.tar")) as sink:
-            for _ in range(n):
-                buf = io.BytesIO()
-                Image.new("RGB", (4, 4), (5 * i,) * 3).save(buf, format="PNG")
-                sink.write({"__key__": f"s{i:04d}", "png": buf.getvalue(),
-                            "txt": f"caption {i}\nalt {i}", "cls": str(i % 3)})
-                i += 1
-    return str(tmp_path / f"n-{{000000..{len(sizes) - 1:06d}}}.tar"), i
-
-
-def test_wds_readers_with_workers_and_ranks_keep_each_sample_identity(tmp_path):
-    """Whole shards per (rank, worker) when there are enough, every n-th sample otherwise:
-    either way each sample is read once and keeps its label and its retrieval index."""
-    from evals.datasets import retrieval_data
-    path, n = _numbered_shards(tmp_path, [5, 4, 3])
-    entry = {"name": "numbers", "format": "wds", "path": path, "classnames": ["a", "b", "c"],
-             "caption_key": "txt"}
-    for workers, world in ((0, 1), (2, 1), (1, 2), (2, 2)):  # whole shards, then samples
-        seen_labels, seen_index = [], []
-        for rank in range(world):
-            batches, names = classification_batches(entry, _gray_level, 2, workers, rank, world)
-            for images, labels in batches:
-                assert (images // 5 % 3).tolist() == labels.tolist()
-                seen_labels += (images // 5).tolist()
-            captions, owner, batches = retrieval_data(entry, _gray_level, 2, workers, rank,
-                                                      world)
-            assert len(captions) == 2 * n and owner == [i // 2 for i in range(2 * n)]
-            assert captions[:4] == ["caption 0", "alt 0", "caption 1", "alt 1"]
-            for images, index in batches:
-                assert (images // 5).tolist() == index.tolist(), (workers, world)
-                seen_index += index.tolist()
-        assert sorted(seen_labels) == sorted(seen_index) == list(range(n)), (workers, world)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_scoring_runs_in_bf16_and_scores_like_fp32_on_cpu(digits):
-    from evals.zeroshot import inference_precision
-    cfg = resolve("llip_demo")
-    torch.manual_seed(0)
-    model = build_model(cfg).eval()
-    tokenizer = tokenizer_for(cfg)
-    images, _ = next(iter(_digits_batches(digits, cfg)))
-    with torch.no_grad():
-        cpu = model.logits(model.encode_image(images),
-                           class_embeddings(model, tokenizer, CLASSNAMES, EVAL_TEMPLATES))
-        model.cuda()
-        class_emb = class_embeddings(model, tokenizer, CLASSNAMES, EVAL_TEMPLATES, "cuda")
-        with inference_precision("cuda"):
-            image_emb = model.encode_image(images.cuda())
-            gpu = model.logits(image_emb, class_emb).float().cpu()
-    assert image_emb.dtype == torch.bfloat16
-    cosine_error = (gpu - cpu).abs().max().item() / model.head.logit_scale.exp().item()
-    assert cosine_error < 0.05, cosine_error
-
-
-def test_a_reader_error_in_a_worker_is_one_line(tmp_path):
-    import webdataset as wds
-
-    from evals.main_mc import one_line
-    with wds.TarWriter(str(tmp_path / "t-000000.tar")) as sink:
-        sink.write({"__key__": "no_image", "txt": "a caption", "cls": "0"})
-    entry = {"name": "bad", "format": "wds", "path": str(tmp_path / "t-000000.tar"),
-             "classnames": ["a"]}
-    batches, _ = classification_batches(entry, _gray_level, 2, 1)
-    with pytest.raises(Exception) as info:
-        list(batches)
-    assert one_line(info.value) == f"dataset 'bad': sample no_image of {entry['path']} has no " \
-                                   "image member (jpg;jpeg;png;webp)"

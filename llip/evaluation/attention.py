@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from evals.zeroshot import encode_texts
+from llip.evaluation.zeroshot import encode_texts
 
 UNIFORM_ENTROPY = 0.95  # above: attention is (close to) uniform
 COLLAPSED_SPREAD = 0.05  # below: attention does not depend on the prompt

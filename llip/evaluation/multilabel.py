@@ -14,8 +14,8 @@ embeddings are computed once per distinct caption (questions repeat captions a l
 """
 import torch
 
-from evals.datasets import annotated_batches
-from evals.zeroshot import class_embeddings, encode_texts
+from llip.evaluation.datasets import annotated_batches
+from llip.evaluation.zeroshot import class_embeddings, encode_texts
 
 PER_IMAGE_TASKS = ("multiple_choice", "multilabel")
 

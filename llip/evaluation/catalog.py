@@ -3,14 +3,14 @@ entry is one line naming the catalog, the dataset, the field and the fix.
 
 Entry fields:
   task        zeroshot_classification | retrieval | linear_probe | knn | multiple_choice |
-              multilabel (the last two read per-image labels from `label_key`: see
-              evals/multilabel.py)
+              multilabel: the evaluator that scores it (llip.evaluation.evaluators; the last
+              two read per-image labels from `label_key`: see llip/evaluation/multilabel.py)
   format      wds | imagefolder | filelist | json
   path        shard spec (wds), folder (imagefolder), CSV/TSV (filelist), JSON file (json);
               ${VAR} and ${VAR:-default} are expanded from the environment
   split       recorded with results; for imagefolder, a sub-folder of path if it exists
   classnames  (zero-shot) a list, a file (one per line, relative to the catalog),
-              "clip_benchmark:<key>" (evals/zeroshot_metadata.json), "open_clip:imagenet",
+              "clip_benchmark:<key>" (llip/evaluation/zeroshot_metadata.json), "open_clip:imagenet",
               or "folder" (imagefolder directory names)
   templates   (zero-shot) a list or a file of prompts with {c}, "clip_benchmark:<key>", or
               "open_clip:openai_imagenet" / "open_clip:simple_imagenet"
@@ -35,28 +35,17 @@ import re
 
 import braceexpand
 
-from evals import prompts
-from llip.cli import ConfigError
 from llip.data.stream import expand_sources
+from llip.errors import ConfigError
+from llip.evaluation import prompts
+from llip.evaluation.datasets import ALLOW_PIPE, refuse_pipe
+from llip.evaluation.evaluators import EVALUATORS
 from llip.io import read_json, read_text
 
-TASKS = ("zeroshot_classification", "retrieval", "linear_probe", "knn", "multiple_choice",
-         "multilabel")
-PROBE_TASKS = ("linear_probe", "knn")
 FORMATS = ("wds", "imagefolder", "filelist", "json")
-CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
-RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}"
-                          for d in ("image", "text") for k in (1, 5, 10))
-METRICS = {"zeroshot_classification": CLASSIFICATION_METRICS,
-           "retrieval": RETRIEVAL_METRICS, "multiple_choice": ("acc1",),
-           "multilabel": ("mAP", "image_mAP"),
-           "linear_probe": CLASSIFICATION_METRICS, "knn": CLASSIFICATION_METRICS}
-NEEDS_PROMPTS = ("zeroshot_classification", "multilabel")  # classnames + templates
 OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
-PROBE_FIELDS = {"linear_probe": ("train_path", "train_split", "val_proportion"),
-                "knn": ("train_path", "train_split", "k")}
+PATHS = ("path", "image_root", "train_path")  # ${VAR} expanded
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
-ALLOW_PIPE = "_allow_pipe"  # set by the loader from the user's flag, never from a catalog
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
@@ -96,17 +85,6 @@ def _string_list(value, field: str, where: str, base_dir: str, allow_folder: boo
     return [line.strip() for line in read_text(path).splitlines() if line.strip()]
 
 
-def refuse_pipe(urls, entry) -> None:
-    """Shell commands as shard URLs only when the user allowed them for this sweep."""
-    if entry.get(ALLOW_PIPE):
-        return
-    for url in urls:
-        if url.strip().startswith("pipe:"):
-            raise ConfigError(f"dataset '{entry['name']}': path {url[:80]!r} is a shell command "
-                              "(pipe:); a catalog is data and runs no commands: give a file "
-                              "path, or pass --allow-pipe to llip-eval if you trust this catalog")
-
-
 def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=False) -> dict:
     where = f"catalog {source}: dataset '{name}'"
     if not isinstance(entry, dict):
@@ -116,33 +94,31 @@ def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=Fals
             raise ConfigError(f"{where}: missing field '{field}'")
         if not isinstance(entry[field], str):
             raise ConfigError(f"{where}: field '{field}' must be a string")
-    if entry["task"] not in TASKS:
-        raise ConfigError(f"{where}: task {entry['task']!r} must be one of {', '.join(TASKS)}")
+    if entry["task"] not in EVALUATORS:
+        raise ConfigError(f"{where}: task {entry['task']!r} must be one of "
+                          f"{', '.join(EVALUATORS)}")
+    evaluator = EVALUATORS[entry["task"]]
     if entry["format"] not in FORMATS:
         raise ConfigError(f"{where}: format {entry['format']!r} must be one of "
                           f"{', '.join(FORMATS)}")
-    metrics = METRICS[entry["task"]]
-    if entry["metric"] not in metrics:
+    if entry["metric"] not in evaluator.metrics:
         raise ConfigError(f"{where}: metric {entry['metric']!r} for {entry['task']} must be one "
-                          f"of {', '.join(metrics)}")
+                          f"of {', '.join(evaluator.metrics)}")
     known = {"task", "format", "path", "metric", "classnames", "templates", "description",
-             "classes", "chance", *OPTIONAL, *PROBE_FIELDS.get(entry["task"], ())}
+             "classes", "chance", *OPTIONAL, *evaluator.fields}
     unknown = set(entry) - known
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
-    out = {**entry, "name": name, "path": expand(entry["path"]), ALLOW_PIPE: allow_pipe}
+    out = {**entry, "name": name, ALLOW_PIPE: allow_pipe,
+           **{f: expand(entry[f]) for f in PATHS if isinstance(entry.get(f), str)}}
     try:  # every shard URL: a brace alternative could hide a command
         urls = [u for s in expand_sources(out["path"]) for u in s] \
             if entry["format"] == "wds" else [out["path"]]
     except braceexpand.UnbalancedBracesError:
         raise ConfigError(f"{where}: path {out['path']!r} has unbalanced braces") from None
     refuse_pipe(urls, out)
-    if "image_root" in out:
-        out["image_root"] = expand(out["image_root"])
-    if entry["task"] in ("multiple_choice", "multilabel") and "label_key" not in entry:
-        raise ConfigError(f"{where}: missing field 'label_key' (the member holding each "
-                          f"image's labels, needed for {entry['task']})")
-    if entry["task"] in NEEDS_PROMPTS:
+    evaluator.check(out, where)
+    if evaluator.needs_prompts:
         for field in ("classnames", "templates"):
             if field not in entry:
                 raise ConfigError(f"{where}: missing field '{field}' (needed for "
@@ -156,32 +132,15 @@ def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=Fals
                               "fix the list or the count")
         if not all("{c}" in t for t in out["templates"]):
             raise ConfigError(f"{where}: every template needs the placeholder {{c}}")
-    if entry["task"] in PROBE_TASKS:
-        _validate_probe(out, where)
     return out
-
-
-def _validate_probe(out: dict, where: str) -> None:
-    out["train_path"] = expand(out.get("train_path", out["path"]))
-    out.setdefault("train_split", "train")
-    if out["train_path"] == out["path"] and (out["format"] != "imagefolder" or
-                                             out["train_split"] == out.get("split")):
-        raise ConfigError(f"{where}: a probe needs a training set apart from the test set: give "
-                          "train_path (or, for imagefolder, a train_split sub-folder)")
-    if out["task"] == "linear_probe":
-        v = out.setdefault("val_proportion", 0.2)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-            raise ConfigError(f"{where}: val_proportion must be a number in (0, 1), got {v!r}")
-    else:
-        k = out.setdefault("k", 20)
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ConfigError(f"{where}: k must be a positive integer, got {k!r}")
 
 
 def _read(path: str):
     path = expand(path)
     if not os.path.exists(path):
-        raise ConfigError(f"catalog {path} does not exist")
+        moved = " (the benchmark catalog is now llip/evaluation/dataset_catalog.json)" \
+            if path.replace(os.sep, "/").endswith("evals/dataset_catalog.json") else ""
+        raise ConfigError(f"catalog {path} does not exist{moved}")
     try:
         raw = read_json(path)
     except json.JSONDecodeError as exn:

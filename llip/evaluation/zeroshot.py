@@ -8,14 +8,15 @@ top-k per caption instead of the full image x caption matrix.
 Scores are kept by accumulators (`Classification`, `Retrieval`) fed one batch of logits at a
 time, so that one pass over the images scores every eval temperature from the same image
 embeddings (`score_images`), and the accumulators of processes that each scored a share of the
-images merge exactly (their `sums` add up; retrieval also merges its running top-k).
+images merge exactly (`merge`: their sums add up; retrieval also merges its running top-k).
 """
 import contextlib
 import string
 
 import torch
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
+from llip.evaluation.sharding import LOCAL, Shard, lockstep
 
 
 def inference_precision(device):
@@ -82,6 +83,10 @@ class Classification:
         sums[3 + n:] += torch.bincount(labels, minlength=n)
         self.sums = sums
 
+    def merge(self, shard: Shard) -> None:
+        """Add up the counts of every share (a no-op in one process)."""
+        self.sums = shard.sum(self.sums)
+
     def result(self) -> dict:
         n = self.n_classes
         correct1, correct5, images = self.sums[:3].tolist()
@@ -131,6 +136,19 @@ class Retrieval:
         top = scores.topk(self.kmax, dim=1)
         self.best_scores, self.best_images = top.values, ids.gather(1, top.indices)
 
+    def merge(self, shard: Shard) -> None:
+        """Add up every share's counts and merge their running top-k into the global top-k per
+        caption (a no-op in one process)."""
+        self.sums = shard.sum(self.sums)
+        if shard.size == 1:
+            return
+        n_text = len(self.owner)
+        scores = shard.gather(self.best_scores).permute(1, 0, 2).reshape(n_text, -1)
+        images = shard.gather(self.best_images).permute(1, 0, 2).reshape(n_text, -1)
+        self.best_scores.fill_(float("-inf"))
+        self.best_images.fill_(-1)
+        self.keep_best(scores, images)
+
     def result(self) -> dict:
         n_images = int(self.sums[-1].item())
         if n_images == 0:
@@ -144,17 +162,25 @@ class Retrieval:
 
 
 @torch.no_grad()
-def score_images(model, batches, text_emb, scorers: dict, device="cpu") -> int:
+def score_images(model, batches, text_emb, scorers: dict, device="cpu", shard: Shard = LOCAL,
+                 image_size: int = 224) -> int:
     """One pass over `batches` of (images, targets): each batch is encoded once and scored by
     every {tau: accumulator} in `scorers` (tau: Llip's eval-time temperature, ignored by
-    CLIP/SigLIP). Returns the number of images encoded."""
+    CLIP/SigLIP), then the accumulators merge across `shard`'s processes. Returns the number of
+    images this process encoded."""
     encoded = 0
+    dummy = lambda: torch.zeros(1, 3, image_size, image_size)  # noqa: E731
     with inference_precision(device):
-        for images, targets in batches:
+        for images, targets in lockstep(batches, shard, dummy, device):
             image_emb = model.encode_image(images.to(device, non_blocking=True))
+            logits = {tau: model.logits(image_emb, text_emb, tau).float() for tau in scorers}
+            if targets is None:  # a share that ran out keeps the others company
+                continue
             encoded += len(images)
             for tau, scorer in scorers.items():
-                scorer.add(model.logits(image_emb, text_emb, tau).float(), targets)
+                scorer.add(logits[tau], targets)
+    for scorer in scorers.values():
+        scorer.merge(shard)
     return encoded
 
 
