@@ -1,4 +1,4 @@
-"""Results -> pandas tables and a plot. python -m evals.aggregate <output_dir>
+"""Results -> pandas tables and a plot. python -m evals.aggregate <output_dir | sweep dir>
 
 long:  one row per (model, step, dataset, eval tau, metric), with the checkpoint path and id
 wide:  rows = checkpoints (model, step[, tau]), columns = datasets (main metric), then
@@ -10,6 +10,8 @@ The model column is the run name, extended by a path tail where two checkpoints 
 Written as CSV and Markdown next to the results, plus a PNG of each main metric vs step.
 CLIP_benchmark result JSON files (in <output_dir>/external/ or given with --clip-benchmark) join
 the tables as rows labelled "<model> <pretrained>" with no step.
+A sweep dir (llip.sweep) gives its result store's tables plus the sweep's own, with each axis in
+its own column (evals.sweep_table).
 """
 import argparse
 import glob
@@ -18,12 +20,17 @@ import sys
 
 import pandas as pd
 
+from evals import sweep_table
 from evals.interop import read_clip_benchmark
 from evals.results import long_rows, read_result
+from evals.sweep_file import load_sweep
 from llip.cli import cli
 from llip.errors import ConfigError
 from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
+from llip.follow import store
 from llip.io import atomic_write
+from llip.run_dir import is_sweep_dir
+from llip.sweep import read_record
 
 INDEX = ["model", "step", "eval_tau"]
 
@@ -127,8 +134,19 @@ def main(argv=None) -> int:
                         help="CLIP_benchmark result JSON file or folder (repeatable)")
     args = parser.parse_args(argv)
     catalogs = args.catalog or [DEFAULT_CATALOG]
+    sweep_dir, record = None, None
+    if is_sweep_dir(args.output_dir):
+        sweep_dir, record = args.output_dir, read_record(args.output_dir)
+        if record.get("evals") and not args.catalog:
+            catalogs = load_sweep(record["evals"], required=()).catalogs
+        args.output_dir = store(sweep_dir, record)
     aggregate(args.output_dir, groups=load_groups(catalogs), external=args.clip_benchmark,
               catalog=load_catalogs(catalogs))
+    if sweep_dir:
+        print()
+        sweep_table.write(read_results(args.output_dir, args.clip_benchmark,
+                                       load_catalogs(catalogs)), record, sweep_dir,
+                          args.output_dir)
 
 
 if __name__ == "__main__":

@@ -11,128 +11,22 @@ listed at the end and the exit code is 1. Bad sweep input stops everything befor
 (exit 2). Results are aggregated into tables (CSV, Markdown) and a plot of each metric vs step.
 """
 import argparse
-import dataclasses
-import numbers
 import os
 import sys
 import time
 
-import yaml
-
 from evals import checkpoints, results
 from evals.aggregate import aggregate
 from evals.runner import run_task, task_name
+from evals.sweep_file import SweepConfig, load_sweep
 from llip.cli import cli
 from llip.errors import ConfigError, closest, one_line
-from llip.evaluation.catalog import (
-    DEFAULT_CATALOG,
-    expand,
-    expand_names,
-    load_catalogs,
-    load_groups,
-)
+from llip.evaluation.catalog import expand_names, load_catalogs, load_groups
 from llip.evaluation.evaluators import EVALUATORS
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    checkpoints: list  # paths, run dirs, globs, {"path": run_dir, "all": true}, or
-    #                    {"openclip": NAME, "pretrained": PATH_OR_TAG}
-    output_dir: str
-    datasets: object = "all"  # "all" or a list of names
-    catalogs: list = dataclasses.field(default_factory=lambda: [DEFAULT_CATALOG])
-    batch_size: int = 256
-    workers: int = 4
-    eval_tau: list = dataclasses.field(default_factory=lambda: [None])  # Llip only
-    launcher: str = "local"  # local | slurm
-    slurm: dict = dataclasses.field(default_factory=dict)
-
-
-SLURM_KEYS = {"partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task",
-              "gpus_per_node", "mem_gb", "array_parallelism", "max_wait_min"}
-
-
-def _expand_values(value):
-    if isinstance(value, str):
-        return expand(value)
-    if isinstance(value, list):
-        return [_expand_values(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _expand_values(v) for k, v in value.items()}
-    return value
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_types(raw: dict, path: str) -> dict:
-    """Every field's type and range; returns the fields normalised (eval_tau always a list)."""
-    def fail(key, what):
-        raise ConfigError(f"{path}: '{key}' must be {what}, got {raw[key]!r}")
-
-    if not isinstance(raw["checkpoints"], list) or not raw["checkpoints"]:
-        fail("checkpoints", "a non-empty list")
-    raw["checkpoints"] = [checkpoints.validate_entry(e, path) for e in raw["checkpoints"]]
-    if not isinstance(raw["output_dir"], str) or not raw["output_dir"]:
-        fail("output_dir", "a path")
-    if "datasets" in raw and raw["datasets"] != "all" and not (
-            isinstance(raw["datasets"], list) and raw["datasets"]
-            and all(isinstance(d, str) for d in raw["datasets"])):
-        fail("datasets", "'all' or a non-empty list of dataset names")
-    if "catalogs" in raw and not (isinstance(raw["catalogs"], list) and raw["catalogs"]
-                                  and all(isinstance(c, str) for c in raw["catalogs"])):
-        fail("catalogs", "a non-empty list of catalog paths")
-    if "batch_size" in raw and not (_is_int(raw["batch_size"]) and raw["batch_size"] > 0):
-        fail("batch_size", "an integer > 0")
-    if "workers" in raw and not (_is_int(raw["workers"]) and raw["workers"] >= 0):
-        fail("workers", "an integer >= 0")
-    if "eval_tau" in raw:
-        taus = raw["eval_tau"] if isinstance(raw["eval_tau"], list) else [raw["eval_tau"]]
-        if not taus or not all(_is_number(t) and t > 0 for t in taus):
-            fail("eval_tau", "a number > 0 or a non-empty list of them (Llip's eval-time "
-                             "softmax temperature)")
-        raw["eval_tau"] = list(dict.fromkeys(float(t) for t in taus))
-    if raw.get("launcher", "local") not in ("local", "slurm"):
-        fail("launcher", "local or slurm")
-    if not isinstance(raw.get("slurm", {}), dict):
-        fail("slurm", "a mapping of SLURM settings")
-    unknown = set(raw.get("slurm") or {}) - SLURM_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown slurm key(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(SLURM_KEYS))}")
-    return raw
-
-
-def load_sweep(path: str) -> SweepConfig:
-    if not os.path.exists(path):
-        raise ConfigError(f"eval config {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exn:
-        raise ConfigError(f"eval config {path} is not valid YAML: {str(exn).splitlines()[0]}") \
-            from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"eval config {path} must be a mapping of keys (checkpoints, "
-                          "output_dir, ...)")
-    fields = {f.name: f for f in dataclasses.fields(SweepConfig)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(f"{path}: unknown key '{key}'; closest: {closest(key, fields)}")
-    for key in ("checkpoints", "output_dir"):
-        if key not in raw:
-            raise ConfigError(f"{path}: missing key '{key}'")
-    return SweepConfig(**_check_types(_expand_values(raw), path))
-
-
-def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
-    """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
-    checkpoint that cannot be read (its tasks cannot run; the others still do)."""
+def datasets_of(sweep: SweepConfig, allow_pipe: bool = False):
+    """-> (the merged catalog, the names of the sweep's datasets), every name checked."""
     catalog = load_catalogs(sweep.catalogs, allow_pipe)
     groups = load_groups(sweep.catalogs)
     names = list(catalog) if sweep.datasets == "all" else \
@@ -141,6 +35,13 @@ def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
         if name not in catalog:
             raise ConfigError(f"unknown dataset '{name}'; closest: "
                               f"{closest(name, [*catalog, *groups])}")
+    return catalog, names
+
+
+def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
+    """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
+    checkpoint that cannot be read (its tasks cannot run; the others still do)."""
+    catalog, names = datasets_of(sweep, allow_pipe)
     tasks, failures = [], []
     for ckpt in checkpoints.expand(sweep.checkpoints):
         if isinstance(ckpt, checkpoints.Unreadable):
@@ -197,6 +98,10 @@ def run_slurm(tasks, sweep: SweepConfig) -> list:
     jobs = executor.map_array(run_task, tasks)
     print(f"submitted array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks; logs in "
           f"{executor.folder}", flush=True)
+    if s.get("max_wait_min", 120) == 0:  # e.g. the eval follower of a sweep (llip.follow)
+        print("not waiting (max_wait_min: 0): run this command again, or llip-aggregate, to "
+              "collect the results", flush=True)
+        return []
     deadline = time.time() + 60 * s.get("max_wait_min", 120)
     while not all(job.done() for job in jobs):  # bounded: a dead task must not hang the sweep
         if time.time() > deadline:
@@ -224,7 +129,18 @@ def main(argv=None) -> int:
     parser.add_argument("--fname", required=True, help="YAML eval config")
     parser.add_argument("--allow-pipe", action="store_true",
                         help="let catalog paths be pipe: shell commands (trusted catalogs only)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the file (types, catalogs, datasets) and run nothing; "
+                        "checkpoints and output_dir may be left to whoever runs it")
+    parser.add_argument("--no-aggregate", action="store_true",
+                        help="leave the tables to a later llip-aggregate")
     args = parser.parse_args(argv)
+    if args.check:
+        sweep = load_sweep(args.fname, required=())
+        _, names = datasets_of(sweep, args.allow_pipe)
+        print(f"{args.fname}: {len(names)} dataset(s) ({', '.join(names[:5])}"
+              f"{' ...' if len(names) > 5 else ''}), launcher {sweep.launcher}")
+        return 0
     sweep = load_sweep(args.fname)
     tasks, failures = build_tasks(sweep, args.allow_pipe)
     for what, reason in failures:
@@ -236,7 +152,7 @@ def main(argv=None) -> int:
     failures += run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
         run_local(todo)
     print()
-    if any(results.read_result(t["output"]) for t in tasks):
+    if not args.no_aggregate and any(results.read_result(t["output"]) for t in tasks):
         aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs))
     if failures:
         print(f"\n{len(failures)} failed:")

@@ -9,7 +9,19 @@ orchestrator read. No other module spells these names.
                                    config the checkpoint was made with) and COMPLETE (JSON)
       wandb/, wandb_id             wandb's offline files and the id a resumed run logs under
       submitit/, submitit/job_id   SLURM logs of submitit, the id of the job that owns the run
+      train.log                    the output of a run launched by a local sweep
+      CANCELLED                    written when the status board cancelled the run's job
       evals/                       eval sweeps of this run (the demo's)
+
+A sweep (llip.sweep) is a directory of run dirs:
+
+    <logs>/<sweep>/
+      sweep.json                   the sweep: config, axes, points, launcher, evals, code
+      code/, code-2/ ...           the code its jobs run, frozen at launch (llip.code_snapshot)
+      follow.jsonl                 checkpoints whose evals were started (llip.follow)
+      follow/                      the log (and submitit files) of the eval follower job
+      evals/                       the eval results of its checkpoints (evals.main_mc's store)
+      <point>/                     one run dir per point
 
 A checkpoint counts only once COMPLETE exists (it is written last, then the directory is renamed
 from step_XXXXXXXX.tmp); `latest` is the newest complete one. A checkpoint directory is
@@ -40,6 +52,12 @@ WANDB_ID = "wandb_id"
 SUBMITIT = "submitit"
 JOB_ID = "job_id"
 EVALS = "evals"
+TRAIN_LOG = "train.log"
+CANCELLED = "CANCELLED"
+SWEEP = "sweep.json"
+CODE = "code"
+FOLLOWED = "follow.jsonl"
+FOLLOWER = "follow"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 PARTIAL, CORRUPT = ".tmp", ".corrupt"  # suffixes of a save in progress and of one set aside
 
@@ -73,7 +91,56 @@ def job_id_path(run_dir: str) -> str:
 
 
 def evals_dir(run_dir: str) -> str:
+    """A run's or a sweep's eval results (evals.main_mc's output dir)."""
     return os.path.join(run_dir, EVALS)
+
+
+def train_log(run_dir: str) -> str:
+    return os.path.join(run_dir, TRAIN_LOG)
+
+
+def cancelled_path(run_dir: str) -> str:
+    return os.path.join(run_dir, CANCELLED)
+
+
+def is_run_dir(path: str) -> bool:
+    """A directory that training made (or that a sweep prepared for a point)."""
+    return os.path.isfile(os.path.join(path, CONFIG)) or os.path.isdir(checkpoints_dir(path))
+
+
+# ---------------------------------------------------------------- sweep dirs
+def sweep_record_path(sweep_dir: str) -> str:
+    return os.path.join(sweep_dir, SWEEP)
+
+
+def is_sweep_dir(path: str) -> bool:
+    return os.path.isfile(sweep_record_path(path))
+
+
+def code_dir(sweep_dir: str, n: int = 1) -> str:
+    """The sweep's n-th code snapshot: code/, then code-2/, ... (--new-code)."""
+    return os.path.join(os.path.abspath(sweep_dir), CODE if n == 1 else f"{CODE}-{n}")
+
+
+def code_dirs(sweep_dir: str) -> list[str]:
+    """The sweep's code snapshots, oldest first."""
+    found = []
+    while os.path.isdir(code_dir(sweep_dir, len(found) + 1)):
+        found.append(code_dir(sweep_dir, len(found) + 1))
+    return found
+
+
+def followed_path(sweep_dir: str) -> str:
+    return os.path.join(sweep_dir, FOLLOWED)
+
+
+def follower_dir(sweep_dir: str) -> str:
+    """The eval follower job's submitit folder (its logs and job_id)."""
+    return os.path.abspath(os.path.join(sweep_dir, FOLLOWER))
+
+
+def follower_job_path(sweep_dir: str) -> str:
+    return os.path.join(follower_dir(sweep_dir), JOB_ID)
 
 
 # ---------------------------------------------------------------- config.yaml

@@ -2,10 +2,12 @@
 architecture registered with open_clip."""
 import json
 import os
+import shutil
+import subprocess
 
 import pytest
 
-from helpers import TINY_OPEN_CLIP, run_cli, write_catalog
+from helpers import REPO, TINY_OPEN_CLIP, run_cli, write_catalog
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +41,22 @@ def tiny_open_clip(tmp_path_factory):
                                                                "init_logit_bias": -10.0}))
     open_clip.add_model_config(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real two-node SLURM cluster on this machine (launch/local_slurm.sh), shared by every
+    SLURM test of the session; skipped where it cannot run (not root, no packages)."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (apt-get, munge, slurmd)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("no slurmctld and no apt-get to install it")
+    state = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", "launch/local_slurm.sh", "start", str(state)], cwd=REPO,
+                             capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        pytest.skip(f"local SLURM did not start: {started.stderr.strip()[-300:]}")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run(["bash", "launch/local_slurm.sh", "stop", str(state)], cwd=REPO, timeout=60)
+    os.environ.pop("SLURM_CONF", None)

@@ -7,9 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
+
+from llip.io import read_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -168,3 +172,26 @@ def open_clip_file(name, path, seed=0, wrap=False):
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}}
                if wrap else sd, path)
     return model, str(path)
+
+
+# ---------------------------------------------------------------- SLURM
+def wait_for(condition, timeout: float, what: str, logs_dir=None):
+    """Poll `condition` once a second; fail naming `what` (and the tail of every SLURM log in
+    `logs_dir`) after `timeout` seconds: no wait on a job is unbounded."""
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            detail = ""
+            if logs_dir and os.path.isdir(logs_dir):
+                for name in sorted(os.listdir(logs_dir)):
+                    if name.endswith((".out", ".err")):
+                        text = read_text(os.path.join(logs_dir, name))
+                        detail += f"\n--- {name}\n{text[-1500:]}"
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(1)
+
+
+def queued(job_id: str) -> bool:
+    """SLURM still lists the job (queued or running)."""
+    out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
+    return out.returncode == 0 and bool(out.stdout.strip())

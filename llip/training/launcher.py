@@ -13,6 +13,7 @@ import sys
 import submitit
 
 from llip.cli import cli
+from llip.config import RunConfig
 from llip.errors import ConfigError
 from llip.io import atomic_write, read_text
 from llip.run_configs import resolve
@@ -50,7 +51,9 @@ def slurm_parameters(cfg) -> dict:
         **{k: v for k, v in optional.items() if v})
 
 
-def make_executor(cfg, local: bool = False):
+def make_executor(cfg, local: bool = False, python: str = "", hold: bool = False):
+    """submitit's executor for a run: SLURM (or its local executor). `python`: the interpreter
+    command of the job (a sweep's code snapshot); `hold`: submit held (`scontrol release`)."""
     folder = submitit_folder(cfg)
     if local:
         executor = submitit.LocalExecutor(folder=folder)
@@ -62,21 +65,23 @@ def make_executor(cfg, local: bool = False):
         raise ConfigError("no SLURM on this machine (sbatch/srun not found): train with "
                           f"`python -m llip.main {cfg.name} ...`, or add --local to run through "
                           "submitit's local executor")
-    executor = submitit.SlurmExecutor(folder=folder, python=sys.executable)
-    executor.update_parameters(**slurm_parameters(cfg))
+    executor = submitit.SlurmExecutor(folder=folder, python=python or sys.executable)
+    executor.update_parameters(**slurm_parameters(cfg),
+                               **({"additional_parameters": {"hold": True}} if hold else {}))
     return executor
 
 
-def submit(executor, cfg):
-    """Submit the run; a scheduler that refuses or cannot be reached is one line, not a trace."""
+def submit(executor, work):
+    """Submit `work` (a run's config, or another callable); a scheduler that refuses or cannot
+    be reached is one line, not a trace. A run's job id is recorded in its run dir."""
     try:
-        job = executor.submit(SlurmTrainer(cfg))
+        job = executor.submit(SlurmTrainer(work) if isinstance(work, RunConfig) else work)
     except submitit.core.utils.FailedJobError as exn:
         lines = [line for line in str(exn).splitlines() if line.strip()]
         raise ConfigError(f"sbatch failed: {lines[-1] if lines else exn} (is SLURM reachable? "
                           "check SLURM_CONF and that slurmctld runs)") from None
-    if not isinstance(executor, submitit.LocalExecutor):
-        record_job(cfg, job.job_id)
+    if isinstance(work, RunConfig) and not isinstance(executor, submitit.LocalExecutor):
+        record_job(work, job.job_id)
     return job
 
 

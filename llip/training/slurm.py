@@ -1,8 +1,11 @@
-"""SLURM seen from outside a job: the states squeue reports for a job id, and whether the job
-still lives. The one definition of a live job, for the run lock (llip.training.claim), the
-launcher (a second submission into a run dir with a live job is refused) and the status board."""
+"""SLURM seen from outside a job: the states it reports for job ids, whether a job still
+lives, and cancelling. The one definition of a live job, for the run lock (llip.training.claim),
+the launcher (a second submission into a run dir with a live job is refused), sweeps and the
+status board (llip.status)."""
 from __future__ import annotations
 
+import dataclasses
+import re
 import shutil
 import subprocess
 
@@ -33,3 +36,84 @@ def is_live(job_id: str) -> bool | None:
     SLURM cannot be asked."""
     states = squeue_states(job_id)
     return None if states is None else bool(states & LIVE_STATES)
+
+
+# ---------------------------------------------------------------- states for the status board
+_FIELD = re.compile(r"(?:^|\s)(JobId|ArrayJobId|ArrayTaskId|JobState|Restarts|ExitCode|Reason)="
+                    r"(\S*)")
+
+
+@dataclasses.dataclass(frozen=True)
+class JobState:
+    state: str  # SLURM's: PENDING, RUNNING, COMPLETED, FAILED, CANCELLED, TIMEOUT, ...
+    restarts: int = 0  # times the job was requeued (preemption, time limit)
+    exit_code: str = ""
+    reason: str = ""
+
+
+def parse_scontrol(text: str) -> dict[str, JobState]:
+    """`scontrol show job -o` (one line per job) -> {job id: JobState}; an array's tasks are
+    "<array id>_<task>"."""
+    out = {}
+    for line in text.splitlines():
+        fields = dict(_FIELD.findall(line))
+        if "JobId" not in fields or "JobState" not in fields:
+            continue
+        job = fields["JobId"]
+        if fields.get("ArrayTaskId") and fields.get("ArrayJobId"):
+            job = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+        restarts = fields.get("Restarts", "0")
+        out[job] = JobState(fields["JobState"], int(restarts) if restarts.isdigit() else 0,
+                            fields.get("ExitCode", ""), fields.get("Reason", ""))
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, JobState]:
+    """`sacct -n -P -X -o JobID,State,ExitCode` -> {job id: JobState} ("CANCELLED by 0" is
+    CANCELLED)."""
+    out = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 3 and parts[0]:
+            out[parts[0]] = JobState(parts[1].split()[0] if parts[1] else "", 0, parts[2])
+    return out
+
+
+def _run(argv: list[str]):
+    if shutil.which(argv[0]) is None:
+        return None
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out if out.returncode == 0 else None
+
+
+def job_states(job_ids) -> dict[str, JobState] | None:
+    """SLURM's view of `job_ids`: the controller's (scontrol: queued, running and recently
+    ended jobs, with restart counts), then accounting's (sacct, where it runs) for jobs the
+    controller has forgotten. None when the controller cannot be reached; jobs neither knows
+    are missing from the result."""
+    ids = sorted(set(job_ids))
+    if not ids:
+        return {}
+    shown = _run(["scontrol", "show", "job", "-o"])
+    if shown is None:
+        return None
+    found = parse_scontrol(shown.stdout)
+    missing = [i for i in ids if i not in found]
+    if missing:
+        accounted = _run(["sacct", "-n", "-P", "-X", "-j", ",".join(missing),
+                          "-o", "JobID,State,ExitCode"])
+        if accounted is not None:
+            found.update({k: v for k, v in parse_sacct(accounted.stdout).items()
+                          if k not in found})
+    return {i: found[i] for i in ids if i in found}
+
+
+def cancel(job_ids) -> None:
+    """scancel these jobs (SIGTERM, then SIGKILL after SLURM's KillWait): a checkpoint being
+    written is lost, the complete ones are untouched (they are renamed into place whole)."""
+    ids = sorted(set(job_ids))
+    if ids:
+        _run(["scancel", *ids])

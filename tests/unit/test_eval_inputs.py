@@ -11,7 +11,7 @@ from llip.run_configs import resolve
 
 
 def test_shipped_catalog_and_sweep_configs_are_valid(tmp_path):
-    from evals.main_mc import load_sweep
+    from evals.sweep_file import load_sweep
     from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs
     catalog = load_catalogs([DEFAULT_CATALOG])
     expected = {"imagenet1k": 1000, "cifar10": 10, "cifar100": 100, "food101": 101,
@@ -59,7 +59,7 @@ def test_imagefolder_and_karpathy_json_readers(tmp_path):
 def test_sweep_yaml_types_are_checked(tmp_path):
     import yaml
 
-    from evals.main_mc import load_sweep
+    from evals.sweep_file import load_sweep
     from llip.errors import ConfigError
     base = {"checkpoints": ["run"], "output_dir": "out"}
     cases = [

@@ -161,7 +161,7 @@ def test_open_clip_model_as_eval_subject(tiny_open_clip, tmp_path):
 def test_shipped_released_sweep_names_existing_open_clip_models_and_tags():
     import os
 
-    from evals.main_mc import load_sweep
+    from evals.sweep_file import load_sweep
     sweep = load_sweep(os.path.join(os.path.dirname(__file__), "..", "..", "config_evals",
                                     "released_and_baselines.yaml"))
     subjects = [subject_spec(c["openclip"], c["pretrained"]) for c in sweep.checkpoints
