@@ -155,9 +155,10 @@ def follow_once(sweep_dir: str, launcher: str) -> int:
 
 
 def _training_live(sweep_dir: str) -> bool:
-    from llip.status import ACTIVE, run_status
+    from llip.status import ACTIVE, statuses
     from llip.sweep import point_dirs
-    return any(run_status(run).state in ACTIVE for run in point_dirs(sweep_dir))
+    rows, _ = statuses([(run, {}) for run in point_dirs(sweep_dir)])
+    return any(row.state in (*ACTIVE, "unknown") for row in rows)  # unknown: cannot tell yet
 
 
 def follow(sweep_dir: str, poll: float = 60.0) -> None:

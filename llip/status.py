@@ -277,26 +277,30 @@ def _eval_averages(stores) -> dict:
     return newest
 
 
-def board(root: str) -> tuple[list[RunStatus], str]:
-    """Every run's row, and a note on where the states came from."""
-    if not os.path.exists(root):
-        raise ConfigError(f"{root} does not exist: give a logs dir, a sweep dir or a run dir")
-    runs = find_runs(root)
+def statuses(runs: list[tuple[str, dict]]) -> tuple[list[RunStatus], str]:
+    """The rows of (run dir, axes) pairs, SLURM asked once for all their jobs; and a note on
+    where the states came from."""
     ids = [j for j in (_job_id(run) for run, _ in runs) if j]
     jobs = slurm.job_states(ids) if ids else {}
     note = "" if ids and jobs is not None else \
         "SLURM controller not reachable: states from the run dirs" if ids else \
         "no SLURM jobs: states from the run dirs"
+    return [run_status(run, jobs, axes) for run, axes in runs], note
+
+
+def board(root: str) -> tuple[list[RunStatus], str]:
+    """Every run's row under `root`, with its newest eval average."""
+    if not os.path.exists(root):
+        raise ConfigError(f"{root} does not exist: give a logs dir, a sweep dir or a run dir")
+    runs = find_runs(root)
+    rows, note = statuses(runs)
     stores = [evals_dir(root)] + [evals_dir(os.path.dirname(run)) for run, _ in runs] + \
         [evals_dir(run) for run, _ in runs]
     evals = _eval_averages(stores)
-    rows = []
-    for run, axes in runs:
-        row = run_status(run, jobs, axes)
-        found = evals.get(os.path.normpath(os.path.abspath(run)))
+    for row in rows:
+        found = evals.get(os.path.normpath(row.path))
         if found:
             row.eval_step, row.eval_average = found
-        rows.append(row)
     return rows, note
 
 

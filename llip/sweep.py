@@ -263,7 +263,7 @@ def launch_local(points: list[Point], sweep_dir: str, code: str, parallel: int,
 
 
 def launch_slurm(points: list[Point], sweep_dir: str, code: str, hold: bool,
-                 evals: bool) -> list[str]:
+                 evals: bool, poll: float = 60.0) -> list[str]:
     """One job per point (the same job as llip-submit's, from the snapshot), then, with evals,
     the follower job. -> the job ids."""
     from llip.training.launcher import make_executor, submit
@@ -276,7 +276,7 @@ def launch_slurm(points: list[Point], sweep_dir: str, code: str, hold: bool,
         print(f"submitted job {ids[-1]}: {point.name}", flush=True)
     if evals:
         from llip.follow import submit_follower
-        ids.append(submit_follower(sweep_dir, python, hold))
+        ids.append(submit_follower(sweep_dir, python, hold, poll))
         print(f"submitted job {ids[-1]}: evals following the checkpoints", flush=True)
     return ids
 
@@ -299,6 +299,8 @@ def parse_args(argv):
     p.add_argument("--hold", action="store_true", help="slurm: submit held (scontrol release)")
     p.add_argument("--new-code", action="store_true",
                    help="run (re)started points with the current code, not the snapshot")
+    p.add_argument("--poll", type=float, default=60.0,
+                   help="slurm, with --evals: seconds between the eval follower's looks")
     return p.parse_intermixed_args(argv)
 
 
@@ -382,7 +384,7 @@ def main(argv=None) -> int:
           + (" + uncommitted changes" if snapshot["dirty"] else ""), flush=True)
     if launcher == "slurm":
         if todo or sweep.evals:
-            launch_slurm(todo, sweep_dir, code, args.hold, bool(sweep.evals))
+            launch_slurm(todo, sweep_dir, code, args.hold, bool(sweep.evals), args.poll)
         print(f"watch: llip-status {sweep_dir} --watch", flush=True)
         print(f"cancel: llip-status {sweep_dir} --cancel", flush=True)
         return 0

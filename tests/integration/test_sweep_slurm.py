@@ -41,7 +41,8 @@ def _sweep(digits, tmp_path, bad, *extra):
                    f"logs={tmp_path / 'logs'}", "--name", "s", "batch_size=16", "workers=1",
                    f"train_num_samples={16 * STEPS}", "checkpoint_every=10", "keep_every=20",
                    "keep_last=2", "log_every=1", "wandb_mode=disabled", "slurm_timeout_min=15",
-                   "--launcher", "slurm", "--evals", str(evals), *extra, timeout=300)
+                   "--launcher", "slurm", "--evals", str(evals), "--poll", "2", *extra,
+                   timeout=300)
 
 
 def _follower_done(sweep_dir):
@@ -59,10 +60,10 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
     assert launched.returncode == 0, launched.stdout[-2000:] + launched.stderr[-2000:]
     assert "4 point(s): 4 not started; 4 to start (slurm)" in launched.stdout
     points = sorted(n for n in os.listdir(sweep_dir) if n.startswith("llip_tiny-"))
-    assert points == ["llip_tiny-lr1e-3-train_datatrain-_000000..000005_.tar-seed0",
-                      "llip_tiny-lr1e-3-train_datatrain-_000000..000005_.tar-seed1",
-                      "llip_tiny-lr2e-3-train_data_0..1_.tar-seed0",
-                      "llip_tiny-lr2e-3-train_data_0..1_.tar-seed1"]
+    assert points == ["llip_tiny-lr1e-3-seed0-train_datatrain-_000000..000005_.tar",
+                      "llip_tiny-lr1e-3-seed1-train_datatrain-_000000..000005_.tar",
+                      "llip_tiny-lr2e-3-seed0-train_data_0..1_.tar",
+                      "llip_tiny-lr2e-3-seed1-train_data_0..1_.tar"]
     ok = [p for p in points if "lr1e-3" in p]
     failing = [p for p in points if "lr2e-3" in p]
 
@@ -92,7 +93,6 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
         assert board[p]["state"] == "failed", board[p]
         assert "yielded no samples from 20 shard reads" in board[p]["note"], board[p]
         assert board[p]["axes"]["lr"] == "2e-3"
-    assert board[ok[0]]["note"].startswith("requeued 1x") or board[ok[0]]["state"] == "completed"
     wide = pd.read_csv(sweep_dir / "evals" / "sweep_wide.csv")
     assert {"lr", "seed", "train_data", "step", "digits", "average"} <= set(wide.columns)
     assert sorted(zip(wide["point"], wide["step"])) == sorted((p, s) for p in ok
