@@ -66,6 +66,16 @@ def freeze(code_dir: str) -> dict:
     return record
 
 
+def commit() -> str:
+    """The git commit of the running code: a snapshot's recorded one (a copy is no checkout),
+    else the checkout's HEAD ("" outside git)."""
+    root = source_root()
+    record = os.path.join(root, RECORD)
+    if os.path.exists(record):
+        return read_json(record).get("commit", "")
+    return _git(root, "rev-parse", "HEAD").strip()
+
+
 def changed_files(code_dir: str) -> list[str]:
     """The package files that differ between the running code and the snapshot."""
     root, changed = source_root(), []

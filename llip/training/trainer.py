@@ -7,10 +7,10 @@ sees the same batches and takes the same updates as a run that never stopped.
 """
 import math
 import os
-import subprocess
 
 import torch
 
+from llip import code_snapshot
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
@@ -35,14 +35,6 @@ from llip.training.parallel import autocast_for, parallelize
 from llip.training.throughput import Meter, step_flops
 
 MAX_LOGIT_SCALE = math.log(100)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _scalar(param) -> float:
@@ -133,7 +125,7 @@ class Trainer:
 
     def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
-        write_config(run_dir, self.cfg, git_commit=_git_commit())
+        write_config(run_dir, self.cfg, git_commit=code_snapshot.commit())
         state = "new run" if not start else "already complete: nothing to do" \
             if start == self.cfg.total_steps else f"resuming at step {start}"
         print(f"run dir {run_dir} ({state}), "

@@ -90,6 +90,10 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
 
     board = _status(sweep_dir)
     assert {p: board[p]["state"] for p in ok} == {p: "completed" for p in ok}
+    snapshot = json.loads(read_text(sweep_dir / "code" / "code.json"))
+    assert f"PYTHONPATH={sweep_dir / 'code'}" in read_text(first / "submitit" /
+                                                          f"{job}_submission.sh")
+    assert yaml.safe_load(read_text(first / "config.yaml"))["git_commit"] == snapshot["commit"]
     for p in failing:  # each failed point shows the line that says why
         assert board[p]["state"] == "failed", board[p]
         assert "yielded no samples from 20 shard reads" in board[p]["note"], board[p]
