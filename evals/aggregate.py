@@ -139,7 +139,7 @@ def main(argv=None) -> int:
         sweep_dir, record = args.output_dir, read_record(args.output_dir)
         if record.get("evals") and not args.catalog:
             catalogs = load_sweep(record["evals"], required=()).catalogs
-        args.output_dir = store(sweep_dir, record)
+        args.output_dir = store(sweep_dir)
     aggregate(args.output_dir, groups=load_groups(catalogs), external=args.clip_benchmark,
               catalog=load_catalogs(catalogs))
     if sweep_dir:

@@ -11,7 +11,8 @@ orchestrator read. No other module spells these names.
       submitit/, submitit/job_id   SLURM logs of submitit, the id of the job that owns the run
       train.log                    the output of a run launched by a local sweep
       CANCELLED                    written when the status board cancelled the run's job
-      evals/                       eval sweeps of this run (the demo's)
+      evals/                       eval results of this run (the demo's, or its follower's)
+      follow/, follow.jsonl        the eval follower of a run launched with --evals (as a sweep's)
 
 A sweep (llip.sweep) is a directory of run dirs:
 
@@ -141,6 +142,11 @@ def follower_dir(sweep_dir: str) -> str:
 
 def follower_job_path(sweep_dir: str) -> str:
     return os.path.join(follower_dir(sweep_dir), JOB_ID)
+
+
+def follower_spec_path(run_dir: str) -> str:
+    """A single run's follower names its eval file here (a sweep's is in sweep.json)."""
+    return os.path.join(follower_dir(run_dir), "evals.json")
 
 
 # ---------------------------------------------------------------- config.yaml

@@ -276,7 +276,7 @@ def launch_slurm(points: list[Point], sweep_dir: str, code: str, hold: bool,
         print(f"submitted job {ids[-1]}: {point.name}", flush=True)
     if evals:
         from llip.follow import submit_follower
-        ids.append(submit_follower(sweep_dir, python, hold, poll))
+        ids.append(submit_follower(sweep_dir, base_config(sweep_dir), python, hold, poll))
         print(f"submitted job {ids[-1]}: evals following the checkpoints", flush=True)
     return ids
 
@@ -331,16 +331,6 @@ def sweep_of(args) -> Sweep:
                  evals=args.evals)
 
 
-def _check_evals(evals: str) -> None:
-    """The eval sweep file parses (by the evals application itself: llip imports no evals)."""
-    if not evals:
-        return
-    checked = subprocess.run([sys.executable, "-m", "llip.follow", "--check", evals],
-                             capture_output=True, text=True)
-    if checked.returncode:
-        raise ConfigError(f"--evals {evals}: {one_line(checked.stderr or checked.stdout)}")
-
-
 def _snapshot(sweep_dir: str, new_code: bool) -> tuple[str, dict]:
     """The code the points started now run: the sweep's newest snapshot, or with `new_code` a
     new one (earlier ones stay: queued and running jobs still import them)."""
@@ -371,7 +361,9 @@ def main(argv=None) -> int:
         for point in points:
             print(f"  {point.name}: {' '.join(f'{k}={v}' for k, v in point.values.items())}")
         return 0
-    _check_evals(sweep.evals)
+    if sweep.evals:
+        from llip.follow import check_eval_file
+        check_eval_file(sweep.evals)
     _check_data(points)
     todo, counts = plan(points)
     os.makedirs(sweep_dir, exist_ok=True)

@@ -116,6 +116,9 @@ def main(argv=None) -> int:
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
     parser.add_argument("--local", action="store_true", help="submitit's local executor, no SLURM")
+    parser.add_argument("--evals", default="", metavar="EVAL.yaml",
+                        help="evaluate every kept checkpoint (keep_every, and the last) with "
+                        "this evals.main_mc file, as it appears (llip.follow)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cfg = checked_for_training(resolve(args.config, args.overrides))
     live = None if args.dry_run else live_job(cfg)
@@ -125,6 +128,9 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(sbatch_script(cfg))
         return 0
+    if args.evals:
+        from llip.follow import check_eval_file
+        check_eval_file(args.evals)
     executor = make_executor(cfg, local=args.local)
     os.makedirs(submitit_folder(cfg), exist_ok=True)
     job = submit(executor, cfg)
@@ -133,6 +139,11 @@ def main(argv=None) -> int:
           f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"
           f"  follow: tail -f {job.paths.stdout}\n"
           f"  cancel: {'scancel ' + job.job_id if not args.local else 'kill the local process'}")
+    if args.evals and not args.local:
+        from llip.follow import submit_follower
+        follower = submit_follower(path_of(cfg), cfg, sys.executable, evals=args.evals)
+        print(f"submitted job {follower}: evals following the checkpoints into "
+              f"{path_of(cfg)}/evals")
     if args.local:
         job.results()  # the local executor's job dies with this process: wait for it
         print(f"job {job.job_id} finished")
