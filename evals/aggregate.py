@@ -29,8 +29,7 @@ from llip.errors import ConfigError
 from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
 from llip.follow import store
 from llip.io import atomic_write
-from llip.run_dir import is_sweep_dir
-from llip.sweep import read_record
+from llip.run_dir import is_sweep_dir, read_sweep_record
 
 INDEX = ["model", "step", "eval_tau"]
 
@@ -136,7 +135,7 @@ def main(argv=None) -> int:
     catalogs = args.catalog or [DEFAULT_CATALOG]
     sweep_dir, record = None, None
     if is_sweep_dir(args.output_dir):
-        sweep_dir, record = args.output_dir, read_record(args.output_dir)
+        sweep_dir, record = args.output_dir, read_sweep_record(args.output_dir)
         if record.get("evals") and not args.catalog:
             catalogs = load_sweep(record["evals"], required=()).catalogs
         args.output_dir = store(sweep_dir)

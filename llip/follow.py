@@ -50,9 +50,13 @@ from llip.run_dir import (
     has_config,
     is_sweep_dir,
     read_config_dict,
+    read_sweep_record,
     step_of,
+    sweep_points,
 )
+from llip.status import ACTIVE, statuses
 from llip.training import slurm
+from llip.training.launcher import submit
 
 _ARRAY = re.compile(r"submitted array (\d+)")
 
@@ -71,8 +75,7 @@ def _read_eval_file(path: str) -> dict:
 def followed_runs(root: str) -> list[str]:
     """The run dirs whose checkpoints the follower of `root` evaluates."""
     if is_sweep_dir(root):
-        from llip.sweep import point_dirs
-        return point_dirs(root)
+        return [run for run, _ in sweep_points(root)]
     return [root]
 
 
@@ -80,8 +83,7 @@ def eval_file(root: str) -> str:
     """The eval sweep file of a sweep (sweep.json) or of a single run (follow/evals.json); ""
     when none is named."""
     if is_sweep_dir(root):
-        from llip.sweep import read_record
-        return read_record(root).get("evals", "")
+        return read_sweep_record(root).get("evals", "")
     path = follower_spec_path(root)
     return json.loads(read_text(path)).get("evals", "") if os.path.exists(path) else ""
 
@@ -176,7 +178,6 @@ def follow_once(root: str, launcher: str) -> int:
 
 
 def _training_live(root: str) -> bool:
-    from llip.status import ACTIVE, statuses
     rows, _ = statuses([(run, {}) for run in followed_runs(root)])
     return any(row.state in (*ACTIVE, "unknown") for row in rows)  # unknown: cannot tell yet
 
@@ -216,7 +217,6 @@ def submit_follower(root: str, cfg, python: str, hold: bool = False, poll: float
     """Submit the follower of a sweep or run dir (1 CPU; partition, account and time of `cfg`)
     unless one is live; -> its job id. `evals`: a single run's eval file (a sweep's is in its
     sweep.json)."""
-    from llip.training.launcher import submit
     if evals:
         os.makedirs(follower_dir(root), exist_ok=True)
         atomic_write(follower_spec_path(root), json.dumps({"evals": os.path.abspath(evals)}))

@@ -59,6 +59,7 @@ SWEEP = "sweep.json"
 CODE = "code"
 FOLLOWED = "follow.jsonl"
 FOLLOWER = "follow"
+SWEEP_VERSION = 1  # of sweep.json
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 PARTIAL, CORRUPT = ".tmp", ".corrupt"  # suffixes of a save in progress and of one set aside
 
@@ -116,6 +117,25 @@ def sweep_record_path(sweep_dir: str) -> str:
 
 def is_sweep_dir(path: str) -> bool:
     return os.path.isfile(sweep_record_path(path))
+
+
+def read_sweep_record(sweep_dir: str) -> dict:
+    """sweep.json (written by llip.sweep): config, overrides, axes, points, launcher, evals."""
+    path = sweep_record_path(sweep_dir)
+    try:
+        found = read_json(path)
+    except (OSError, ValueError) as exn:
+        raise ConfigError(f"{path} is not a readable sweep record ({type(exn).__name__})") \
+            from None
+    if not isinstance(found, dict) or found.get("version") != SWEEP_VERSION:
+        raise ConfigError(f"{path} is not a version-{SWEEP_VERSION} sweep record")
+    return found
+
+
+def sweep_points(sweep_dir: str) -> list[tuple[str, dict]]:
+    """(run dir, axis values) of every point of a sweep, started or not."""
+    return [(os.path.join(sweep_dir, p["name"]), p.get("values", {}))
+            for p in read_sweep_record(sweep_dir)["points"]]
 
 
 def code_dir(sweep_dir: str, n: int = 1) -> str:

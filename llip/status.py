@@ -59,7 +59,7 @@ from llip.run_dir import (
     run_dir_of,
     step_of,
     submitit_dir,
-    sweep_record_path,
+    sweep_points,
     train_log,
 )
 from llip.training import slurm
@@ -231,9 +231,7 @@ def find_runs(root: str) -> list[tuple[str, dict]]:
     """(run dir, axis values) of every run under `root`: a run dir itself, a sweep's points
     (started or not), or the run dirs and sweeps up to three levels below a logs dir."""
     if is_sweep_dir(root):
-        record = read_json(sweep_record_path(root))
-        return [(os.path.join(root, p["name"]), p.get("values", {}))
-                for p in record.get("points", [])]
+        return sweep_points(root)
     if is_run_dir(root):
         return [(root, {})]
     found, frontier = [], [(root, 0)]

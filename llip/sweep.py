@@ -41,21 +41,25 @@ from llip import code_snapshot
 from llip.cli import cli, parse_value
 from llip.config import NAME, RunConfig, config_changes
 from llip.errors import ConfigError, one_line
+from llip.follow import check_eval_file, submit_follower
 from llip.io import read_json, write_json
 from llip.run_configs import get_config, resolve
 from llip.run_configs.sweeps import SWEEPS, Sweep
 from llip.run_dir import (
+    SWEEP_VERSION,
     code_dir,
     code_dirs,
     followed_path,
     has_config,
     path_of,
     read_config_dict,
+    read_sweep_record,
     sweep_record_path,
     train_log,
 )
+from llip.status import last_error, run_status
+from llip.training.launcher import make_executor, submit
 
-VERSION = 1  # of sweep.json
 _COMMA = re.compile(r",(?![^{]*\})")  # a comma outside braces
 
 
@@ -167,32 +171,17 @@ def record(sweep: Sweep, sweep_dir: str, points: list[Point], launcher: str) -> 
     axes = dict(old.get("axes", {}))
     for key, values in sweep.axes.items():
         axes[key] = list(dict.fromkeys([*axes.get(key, []), *map(str, values)]))
-    return {"version": VERSION, "name": os.path.basename(sweep_dir), "config": sweep.config,
+    return {"version": SWEEP_VERSION, "name": os.path.basename(sweep_dir), "config": sweep.config,
             "overrides": list(sweep.overrides), "axes": axes,
             "zip": [list(g) for g in sweep.zip], "evals": os.path.abspath(sweep.evals)
             if sweep.evals else old.get("evals", ""), "launcher": launcher,
             "created": old.get("created", time.time()), "points": list(known.values())}
 
 
-def read_record(sweep_dir: str) -> dict:
-    path = sweep_record_path(sweep_dir)
-    try:
-        found = read_json(path)
-    except (OSError, ValueError) as exn:
-        raise ConfigError(f"{path} is not a readable sweep record ({one_line(exn)})") from None
-    if not isinstance(found, dict) or found.get("version") != VERSION:
-        raise ConfigError(f"{path} is not a version-{VERSION} sweep record")
-    return found
-
-
 def base_config(sweep_dir: str) -> RunConfig:
     """The sweep's config before its axes (SLURM settings of its follower job)."""
-    found = read_record(sweep_dir)
+    found = read_sweep_record(sweep_dir)
     return resolve(found["config"], found["overrides"])
-
-
-def point_dirs(sweep_dir: str) -> list[str]:
-    return [os.path.join(sweep_dir, p["name"]) for p in read_record(sweep_dir)["points"]]
 
 
 # ---------------------------------------------------------------- planning a (re-)run
@@ -209,7 +198,6 @@ def check_same_config(point: Point) -> None:
 
 def plan(points: list[Point]):
     """(points to (re)start, {state: count}) from the status board's view of each point."""
-    from llip.status import run_status
     todo, counts = [], {}
     for point in points:
         status = run_status(point.run_dir)
@@ -244,7 +232,6 @@ def launch_local(points: list[Point], sweep_dir: str, code: str, parallel: int,
                                        stderr=subprocess.STDOUT).returncode
         done[0] += 1
         if exit_code:
-            from llip.status import last_error
             failures.append((point.name, last_error(point.run_dir) or f"exit code {exit_code}"))
             print(f"[{done[0]}/{len(points)}] FAILED {point.name}: {failures[-1][1]}",
                   flush=True)
@@ -266,7 +253,6 @@ def launch_slurm(points: list[Point], sweep_dir: str, code: str, hold: bool,
                  evals: bool, poll: float = 60.0) -> list[str]:
     """One job per point (the same job as llip-submit's, from the snapshot), then, with evals,
     the follower job. -> the job ids."""
-    from llip.training.launcher import make_executor, submit
     python = code_snapshot.python(code)
     ids = []
     for point in points:
@@ -275,7 +261,6 @@ def launch_slurm(points: list[Point], sweep_dir: str, code: str, hold: bool,
         ids.append(submit(executor, point.cfg).job_id)
         print(f"submitted job {ids[-1]}: {point.name}", flush=True)
     if evals:
-        from llip.follow import submit_follower
         ids.append(submit_follower(sweep_dir, base_config(sweep_dir), python, hold, poll))
         print(f"submitted job {ids[-1]}: evals following the checkpoints", flush=True)
     return ids
@@ -362,7 +347,6 @@ def main(argv=None) -> int:
             print(f"  {point.name}: {' '.join(f'{k}={v}' for k, v in point.values.items())}")
         return 0
     if sweep.evals:
-        from llip.follow import check_eval_file
         check_eval_file(sweep.evals)
     _check_data(points)
     todo, counts = plan(points)

@@ -1,25 +1,23 @@
-"""SLURM through submitit: an executor built from the config, and the requeueable callable.
+"""SLURM through submitit: an executor built from the config, the requeueable callable, and
+submission (the command is llip.submit).
 
 Preemption with sharded checkpoints: submitit calls `checkpoint()` on global rank 0 only, while a
 DCP save needs every rank. So `checkpoint()` saves nothing: it returns a fresh callable holding
 only the config (never a model or optimizer), submitit requeues the job, and the Trainer resumes
 from the newest complete checkpoint, which it writes every `checkpoint_every` steps.
 """
-import argparse
 import os
 import shutil
 import sys
 
 import submitit
 
-from llip.cli import cli
 from llip.config import RunConfig
 from llip.errors import ConfigError
 from llip.io import atomic_write, read_text
-from llip.run_configs import resolve
 from llip.run_dir import job_id_path, path_of, submitit_dir
 from llip.training import slurm
-from llip.training.trainer import Trainer, checked_for_training
+from llip.training.trainer import Trainer
 
 
 class SlurmTrainer(submitit.helpers.Checkpointable):
@@ -104,47 +102,3 @@ def live_job(cfg):
 
 def record_job(cfg, job_id: str) -> None:
     atomic_write(job_id_path(path_of(cfg)), job_id)
-
-
-@cli
-def main(argv=None) -> int:
-    """python submitit_openclip.py <config> [key=value ...] [--dry-run | --local]"""
-    parser = argparse.ArgumentParser(
-        prog="submitit_openclip.py",
-        description="Train on SLURM through submitit; requeued and resumed on preemption")
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
-    parser.add_argument("--local", action="store_true", help="submitit's local executor, no SLURM")
-    parser.add_argument("--evals", default="", metavar="EVAL.yaml",
-                        help="evaluate every kept checkpoint (keep_every, and the last) with "
-                        "this evals.main_mc file, as it appears (llip.follow)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = checked_for_training(resolve(args.config, args.overrides))
-    live = None if args.dry_run else live_job(cfg)
-    if live:
-        raise ConfigError(f"run dir {path_of(cfg)} already has live job {live}: "
-                          f"wait for it, `scancel {live}`, or pick another name=")
-    if args.dry_run:
-        print(sbatch_script(cfg))
-        return 0
-    if args.evals:
-        from llip.follow import check_eval_file
-        check_eval_file(args.evals)
-    executor = make_executor(cfg, local=args.local)
-    os.makedirs(submitit_folder(cfg), exist_ok=True)
-    job = submit(executor, cfg)
-    print(f"submitted job {job.job_id} ({cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)), "
-          f"run dir {path_of(cfg)}\n"
-          f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"
-          f"  follow: tail -f {job.paths.stdout}\n"
-          f"  cancel: {'scancel ' + job.job_id if not args.local else 'kill the local process'}")
-    if args.evals and not args.local:
-        from llip.follow import submit_follower
-        follower = submit_follower(path_of(cfg), cfg, sys.executable, evals=args.evals)
-        print(f"submitted job {follower}: evals following the checkpoints into "
-              f"{path_of(cfg)}/evals")
-    if args.local:
-        job.results()  # the local executor's job dies with this process: wait for it
-        print(f"job {job.job_id} finished")
-    return 0
