@@ -14,7 +14,6 @@ A sweep dir (llip.sweep) gives its result store's tables plus the sweep's own, w
 its own column (evals.sweep_table).
 """
 import argparse
-import glob
 import os
 import sys
 
@@ -22,21 +21,20 @@ import pandas as pd
 
 from evals import sweep_table
 from evals.interop import read_clip_benchmark
-from evals.results import long_rows, read_result
 from evals.sweep_file import load_sweep
 from llip.cli import cli
 from llip.errors import ConfigError
 from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
-from llip.follow import store
+from llip.evaluation.results import long_rows, read_result, result_files
 from llip.io import atomic_write
-from llip.run_dir import is_sweep_dir, read_sweep_record
+from llip.run_dir import eval_store, follower_eval_file, is_sweep_dir, read_sweep_record
 
 INDEX = ["model", "step", "eval_tau"]
 
 
 def read_results(output_dir: str, external=(), catalog=None) -> list[dict]:
     """Our result files, plus CLIP_benchmark's from <output_dir>/external/ and `external`."""
-    files = sorted(glob.glob(os.path.join(output_dir, "results", "*.json")))
+    files = result_files(output_dir)
     found = [r for r in map(read_result, files) if r is not None]
     if len(found) < len(files):
         print(f"skipped {len(files) - len(found)} incomplete result file(s) in "
@@ -136,9 +134,9 @@ def main(argv=None) -> int:
     sweep_dir, record = None, None
     if is_sweep_dir(args.output_dir):
         sweep_dir, record = args.output_dir, read_sweep_record(args.output_dir)
-        if record.get("evals") and not args.catalog:
-            catalogs = load_sweep(record["evals"], required=()).catalogs
-        args.output_dir = store(sweep_dir)
+        if os.path.exists(follower_eval_file(sweep_dir)) and not args.catalog:
+            catalogs = load_sweep(follower_eval_file(sweep_dir), required=()).catalogs
+        args.output_dir = eval_store(sweep_dir)
     aggregate(args.output_dir, groups=load_groups(catalogs), external=args.clip_benchmark,
               catalog=load_catalogs(catalogs))
     if sweep_dir:

@@ -11,8 +11,8 @@ import dataclasses
 import glob
 import os
 
-from evals.results import checkpoint_id
 from llip.errors import ConfigError, UserError
+from llip.evaluation.results import checkpoint_id
 from llip.loading import checkpoint_info, load_model, subject_spec, subject_tag
 from llip.run_dir import complete_checkpoints, is_complete, latest
 

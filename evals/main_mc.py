@@ -15,12 +15,14 @@ import os
 import sys
 import time
 
-from evals import checkpoints, results
+from evals import checkpoints
 from evals.aggregate import aggregate
 from evals.runner import run_task, task_name
 from evals.sweep_file import SweepConfig, load_sweep
+from llip import code_snapshot
 from llip.cli import cli
 from llip.errors import ConfigError, closest, one_line
+from llip.evaluation import results
 from llip.evaluation.catalog import expand_names, load_catalogs, load_groups
 from llip.evaluation.evaluators import EVALUATORS
 
@@ -85,7 +87,10 @@ def run_local(tasks) -> list:
 def run_slurm(tasks, sweep: SweepConfig) -> list:
     import submitit
     s = sweep.slurm
-    executor = submitit.AutoExecutor(folder=os.path.join(sweep.output_dir, "submitit"))
+    # the tasks import what this process imports (a sweep's code snapshot), whatever
+    # environment the cluster exports to jobs
+    executor = submitit.AutoExecutor(folder=os.path.join(sweep.output_dir, "submitit"),
+                                     slurm_python=code_snapshot.python())
     params = {"timeout_min": s.get("timeout_min", 60), "cpus_per_task": s.get("cpus_per_task",
               max(1, sweep.workers)), "slurm_array_parallelism": s.get("array_parallelism", 64),
               "gpus_per_node": s.get("gpus_per_node", 0), "name": "llip-eval"}

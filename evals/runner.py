@@ -10,9 +10,10 @@ import time
 
 import torch
 
-from evals import checkpoints, results
+from evals import checkpoints
 from llip.data import tokenizer_for, transform_for
 from llip.errors import CheckpointError
+from llip.evaluation import results
 from llip.evaluation.evaluators import EVALUATORS, Context
 from llip.io import write_json
 

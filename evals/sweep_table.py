@@ -17,8 +17,8 @@ import os
 
 import pandas as pd
 
-from evals.results import long_rows
 from llip.errors import ConfigError
+from llip.evaluation.results import long_rows
 from llip.io import atomic_write
 from llip.run_dir import run_dir_of
 

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import filecmp
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 
 import llip
+from llip.errors import ConfigError
 from llip.io import atomic_write, read_json, write_json
+from llip.run_dir import CODE_DIFF, CODE_RECORD
 
 PACKAGES = ("llip", "evals")
-RECORD, DIFF = "code.json", "uncommitted.diff"
 _SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
 
 
@@ -45,9 +47,12 @@ def _git(root: str, *args) -> str:
 def freeze(code_dir: str) -> dict:
     """Copy the packages into `code_dir` (once: an existing snapshot is kept) and return its
     record {commit, dirty, diff, untracked, source, time}."""
-    record_path = os.path.join(code_dir, RECORD)
+    record_path = os.path.join(code_dir, CODE_RECORD)
     if os.path.exists(record_path):
         return read_json(record_path)
+    if os.path.exists(code_dir):
+        raise ConfigError(f"{code_dir} exists but is no code snapshot (no {CODE_RECORD}): "
+                          "remove it, or launch the sweep under another --name")
     root = source_root()
     tmp = code_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -57,11 +62,11 @@ def freeze(code_dir: str) -> dict:
     diff = _git(root, "diff", "HEAD", "--", *PACKAGES)
     untracked = _git(root, "ls-files", "--others", "--exclude-standard", "--", *PACKAGES)
     record = {"commit": _git(root, "rev-parse", "HEAD").strip(), "dirty": bool(diff or untracked),
-              "diff": DIFF if diff else "", "untracked": untracked.split(), "source": root,
-              "time": time.time()}
+              "diff": CODE_DIFF if diff else "", "untracked": untracked.split(),
+              "source": root, "time": time.time()}
     if diff:
-        atomic_write(os.path.join(tmp, DIFF), diff)
-    write_json(os.path.join(tmp, RECORD), record, indent=1)
+        atomic_write(os.path.join(tmp, CODE_DIFF), diff)
+    write_json(os.path.join(tmp, CODE_RECORD), record, indent=1)
     os.rename(tmp, code_dir)
     return record
 
@@ -70,7 +75,7 @@ def commit() -> str:
     """The git commit of the running code: a snapshot's recorded one (a copy is no checkout),
     else the checkout's HEAD ("" outside git)."""
     root = source_root()
-    record = os.path.join(root, RECORD)
+    record = os.path.join(root, CODE_RECORD)
     if os.path.exists(record):
         return read_json(record).get("commit", "")
     return _git(root, "rev-parse", "HEAD").strip()
@@ -95,11 +100,19 @@ def changed_files(code_dir: str) -> list[str]:
 
 
 def env(code_dir: str) -> dict:
-    """The environment of a process that must run the snapshot."""
+    """The environment of a process that must run the snapshot: the snapshot first on the
+    import path, the current directory not on it."""
     paths = [code_dir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "PYTHONSAFEPATH": "1"}
 
 
-def python(code_dir: str) -> str:
-    """The interpreter command of a SLURM job that must run the snapshot (submitit's `python`)."""
-    return f"env PYTHONSAFEPATH=1 PYTHONPATH={code_dir} {sys.executable}"
+def python(code_dir: str = "") -> str:
+    """The interpreter command of a SLURM job (submitit's `python`) that imports what this
+    process imports, the snapshot `code_dir` first: said on the command line, so that it holds
+    whatever environment the cluster exports to jobs."""
+    path = env(code_dir)["PYTHONPATH"] if code_dir else os.environ.get("PYTHONPATH", "")
+    if not path:
+        return sys.executable
+    safe = "1" if code_dir else os.environ.get("PYTHONSAFEPATH", "")
+    return (f"env PYTHONSAFEPATH={shlex.quote(safe)} PYTHONPATH={shlex.quote(path)} "
+            f"{shlex.quote(sys.executable)}")

@@ -57,14 +57,18 @@ _OUR_PREFIX = re.compile(r"^(?:[\w.]+\.)?(?:" + "|".join(
 
 
 def one_line(exn: BaseException | str) -> str:
-    """An exception (or its text) as the one line a user should read. A message that carries a
-    traceback (torch's DataLoader re-raises a worker's error with it; submitit reports a failed
-    task's) gives its last line, our own error class names stripped."""
+    """An exception (or a command's output) as the one line a user should read: the last
+    `error: ...` line of one of our commands; the last line of a traceback (torch's DataLoader
+    re-raises a worker's error with it; submitit reports a failed task's); our own error class
+    names stripped."""
     text = exn if isinstance(exn, str) else \
         str(exn) if isinstance(exn, UserError) else f"{type(exn).__name__}: {exn}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return text.strip() or type(exn).__name__
+    ours = [line for line in lines if line.startswith("error: ")]
+    if ours:
+        return ours[-1][len("error: "):]
     if len(lines) > 1 and "Traceback" in text:
         return _OUR_PREFIX.sub("", lines[-1])
     return lines[0]

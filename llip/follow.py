@@ -1,26 +1,30 @@
 """Evals that follow the checkpoints of a sweep (or of one run): every kept checkpoint of every
-point (a multiple of keep_every, and the last step) is evaluated once it is complete, never
-twice, into one result store (evals.main_mc's: <sweep or run dir>/evals unless the eval file
-names another output_dir; a later manual eval sweep on the same store reuses the results).
+point (a multiple of keep_every, and the last step) is evaluated once it is complete, into one
+result store (evals.main_mc's: <sweep or run dir>/evals unless the eval file names another
+output_dir; a later manual eval sweep on the same store reuses the results).
 
     python -m llip.follow <sweep dir | run dir> [--once] [--launcher local|slurm] [--poll S]
     python -m llip.follow --check EVAL.yaml       # can this eval sweep file follow a sweep?
 
 Why a watcher and not SLURM job dependencies: a dependency starts a job when another one ends,
 but kept checkpoints appear in the middle of a training job (and a requeued job ends and starts
-again). The follower is one light job per sweep (1 CPU, a poll every `poll` seconds, requeued
+again). The follower is one light job per sweep (1 CPU, a look every `poll` seconds, requeued
 like training on preemption or time limit): as each kept checkpoint becomes complete it submits
 that checkpoint's eval array, and it ends once no training job of the sweep is live, every kept
-checkpoint has been handed on and those evals have finished; then it aggregates the sweep's
-table. llip-sweep --evals starts it with the SLURM launcher (and llip-submit --evals for one
-run); a local sweep runs it once after each point (`--once`: hand on what is there, evaluate it
-here, return). A sweep names its eval file in sweep.json, a single run in follow/evals.json.
+checkpoint has been handed on and those evals have finished (or the eval file's max_wait_min
+has passed); then it aggregates the table. llip-sweep --evals starts it with the SLURM launcher
+(llip-submit --evals for one run); a local sweep runs it once after each point and at its end
+(`--once`: hand on what is there, evaluate it here, return).
 
 The evals run through the evals application's own command (python -m evals.main_mc --fname
-<file>): llip imports nothing from evals. Each file the follower writes (in <sweep>/follow/) is
-the sweep's eval file with `checkpoints` set to the one checkpoint, `output_dir` to the store and
-`max_wait_min: 0`, so that main_mc submits the array and returns. follow.jsonl records every
-checkpoint handed on (with its array's job id), under a file lock: never twice.
+<file>): llip imports nothing from evals. The user's eval file is copied at launch
+(<root>/follow/evals.yaml, catalogs made absolute, output_dir fixed): later edits of it do not
+change a running sweep. Each checkpoint gets a file of its own: the copy with `checkpoints` set
+to that checkpoint and `max_wait_min: 0`, so that main_mc submits the array and returns.
+follow.jsonl records every checkpoint handed on, under a file lock, so none is handed on twice
+(a local evaluation that failed is tried again by the next look; a follower stopped in the
+instant between submitting an array and recording it hands that checkpoint on again, and
+main_mc then skips every result already complete or writes the same files again, atomically).
 """
 from __future__ import annotations
 
@@ -39,26 +43,30 @@ import yaml
 
 from llip.cli import cli
 from llip.errors import ConfigError, one_line
+from llip.evaluation.catalog import expand
 from llip.io import atomic_write, read_text
 from llip.run_dir import (
     complete_checkpoints,
+    eval_store,
     evals_dir,
+    followed_lock_path,
     followed_path,
+    followed_runs,
     follower_dir,
+    follower_eval_file,
     follower_job_path,
-    follower_spec_path,
-    has_config,
+    follower_task_file,
+    is_run_dir,
     is_sweep_dir,
     read_config_dict,
-    read_sweep_record,
-    step_of,
-    sweep_points,
+    step_in_name,
+    total_steps,
 )
 from llip.status import ACTIVE, statuses
 from llip.training import slurm
-from llip.training.launcher import submit
 
 _ARRAY = re.compile(r"submitted array (\d+)")
+DEFAULT_MAX_WAIT_MIN = 120
 
 
 def _read_eval_file(path: str) -> dict:
@@ -72,52 +80,47 @@ def _read_eval_file(path: str) -> dict:
     return raw
 
 
-def followed_runs(root: str) -> list[str]:
-    """The run dirs whose checkpoints the follower of `root` evaluates."""
-    if is_sweep_dir(root):
-        return [run for run, _ in sweep_points(root)]
-    return [root]
+def check_eval_file(evals: str) -> None:
+    """The eval sweep file parses and names known datasets (checked by the evals application
+    itself, as a command: llip imports no evals)."""
+    checked = subprocess.run([sys.executable, "-m", "evals.main_mc", "--fname", evals,
+                              "--check"], capture_output=True, text=True)
+    if checked.returncode:
+        raise ConfigError(f"--evals: {one_line(checked.stderr or checked.stdout)}")
 
 
-def eval_file(root: str) -> str:
-    """The eval sweep file of a sweep (sweep.json) or of a single run (follow/evals.json); ""
-    when none is named."""
-    if is_sweep_dir(root):
-        return read_sweep_record(root).get("evals", "")
-    path = follower_spec_path(root)
-    return json.loads(read_text(path)).get("evals", "") if os.path.exists(path) else ""
-
-
-def store(root: str, evals: str = "") -> str:
-    """Where the eval results go: the eval file's output_dir, or <sweep or run dir>/evals."""
-    evals = evals or eval_file(root)
-    if evals:
-        out = _read_eval_file(evals).get("output_dir")
-        if isinstance(out, str) and out and "${" not in out:
-            return os.path.abspath(out)
-    return os.path.abspath(evals_dir(root))
+def adopt_eval_file(root: str, evals: str) -> str:
+    """Copy the user's eval file (checked first with check_eval_file) to
+    <root>/follow/evals.yaml: catalogs absolute, output_dir fixed (the eval file's, or
+    <root>/evals), its checkpoints dropped (the sweep's are evaluated). -> the copy."""
+    raw = _read_eval_file(evals)
+    spec = {k: v for k, v in raw.items() if k != "checkpoints"}
+    if isinstance(raw.get("catalogs"), list):  # (relative to here, where main_mc found them)
+        spec["catalogs"] = [os.path.abspath(expand(c)) for c in raw["catalogs"]]
+    out = raw.get("output_dir")
+    spec["output_dir"] = os.path.abspath(expand(out)) if isinstance(out, str) and out \
+        else os.path.abspath(evals_dir(root))
+    os.makedirs(follower_dir(root), exist_ok=True)
+    atomic_write(follower_eval_file(root), yaml.safe_dump(spec, sort_keys=False))
+    return follower_eval_file(root)
 
 
 def kept(run_dir: str) -> list[str]:
-    """The run's complete checkpoints that are kept: multiples of keep_every, and the last."""
-    if not has_config(run_dir):
+    """The run's complete checkpoints that are kept: multiples of keep_every, and the last.
+    Steps come from the directory names: training prunes the others while we look."""
+    total = total_steps(run_dir)
+    if total is None:
         return []
-    cfg = read_config_dict(run_dir)
-    every = int(cfg.get("keep_every", 0) or 0)
-    total = int(cfg["epochs"]) * max(1, int(cfg["train_num_samples"]) // int(cfg["batch_size"]))
-    found = []
-    for path in complete_checkpoints(run_dir):
-        step = step_of(path)
-        if step == total or (every and step % every == 0):
-            found.append(os.path.abspath(path))
-    return found
+    every = int(read_config_dict(run_dir).get("keep_every", 0) or 0)
+    return [os.path.abspath(path) for path in complete_checkpoints(run_dir)
+            if step_in_name(path) == total or (every and step_in_name(path) % every == 0)]
 
 
 @contextlib.contextmanager
 def _locked(root: str):
-    """One follower at a time decides what is handed on (the local launcher's parallel runs
-    each call it)."""
-    with open(followed_path(root) + ".lock", "a") as f:
+    """One follower at a time decides what is handed on (a local sweep's parallel runs each
+    call it)."""
+    with open(followed_lock_path(root), "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
@@ -136,19 +139,18 @@ def followed(root: str) -> list[dict]:
     return rows
 
 
-def hand_on(root: str, evals: str, checkpoint: str, launcher: str) -> dict:
+def hand_on(root: str, checkpoint: str, launcher: str) -> dict:
     """Run evals.main_mc on one checkpoint: submit its array (slurm) or evaluate it here."""
-    raw = _read_eval_file(evals)
-    slurm_settings = dict(raw.get("slurm") or {})
+    raw = _read_eval_file(follower_eval_file(root))
+    settings = dict(raw.get("slurm") or {})
     if launcher == "slurm":
-        slurm_settings["max_wait_min"] = 0
-    step = step_of(checkpoint)
+        settings["max_wait_min"] = 0
+    step = step_in_name(checkpoint)
     point = os.path.basename(os.path.dirname(os.path.dirname(checkpoint)))
-    spec = {**raw, "checkpoints": [checkpoint], "output_dir": store(root, evals),
-            "launcher": launcher, "slurm": slurm_settings}
-    os.makedirs(follower_dir(root), exist_ok=True)
-    fname = os.path.join(follower_dir(root), f"evals-{point}-step{step:08d}.yaml")
-    atomic_write(fname, yaml.safe_dump(spec, sort_keys=False))
+    fname = follower_task_file(root, point, step)
+    atomic_write(fname, yaml.safe_dump({**raw, "checkpoints": [checkpoint],
+                                        "launcher": launcher, "slurm": settings},
+                                       sort_keys=False))
     done = subprocess.run([sys.executable, "-m", "evals.main_mc", "--fname", fname,
                            "--no-aggregate"], capture_output=True, text=True)
     with open(fname[:-len(".yaml")] + ".log", "a") as log:
@@ -161,15 +163,15 @@ def hand_on(root: str, evals: str, checkpoint: str, launcher: str) -> dict:
 
 
 def follow_once(root: str, launcher: str) -> int:
-    """Hand on every kept checkpoint not handed on yet; -> how many."""
-    evals = eval_file(root)
-    if not evals:
+    """Hand on every kept checkpoint not handed on yet (or whose local evaluation failed);
+    -> how many."""
+    if not os.path.exists(follower_eval_file(root)):
         return 0
     with _locked(root):
-        seen = {row["checkpoint"] for row in followed(root)}
+        seen = {row["checkpoint"] for row in followed(root) if row.get("exit", 0) == 0}
         new = [c for run in followed_runs(root) for c in kept(run) if c not in seen]
         for checkpoint in new:
-            row = hand_on(root, evals, checkpoint, launcher)
+            row = hand_on(root, checkpoint, launcher)
             with open(followed_path(root), "a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"evals of {checkpoint}: " + (f"array {', '.join(row['jobs'])}" if
@@ -182,20 +184,27 @@ def _training_live(root: str) -> bool:
     return any(row.state in (*ACTIVE, "unknown") for row in rows)  # unknown: cannot tell yet
 
 
-def follow(root: str, poll: float = 60.0) -> None:
-    """The follower job: hand on checkpoints until training is over, wait for those evals,
-    aggregate the sweep's table."""
+def aggregate(root: str) -> None:
+    """The table of the evals (a sweep's, with its axes) as a command of the evals app."""
+    subprocess.run([sys.executable, "-m", "evals.aggregate",
+                    root if is_sweep_dir(root) else eval_store(root)])
+
+
+def follow(root: str, poll: float = 60.0, launcher: str = "slurm") -> None:
+    """The follower: hand on checkpoints until training is over, wait (bounded) for those
+    evals, aggregate the table."""
     while True:
         live = _training_live(root)  # asked first: a run that ends now still gets looked at
-        follow_once(root, "slurm")
+        follow_once(root, launcher)
         if not live:
             break
         time.sleep(poll)
+    settings = _read_eval_file(follower_eval_file(root)).get("slurm") or {}
+    deadline = time.time() + 60 * settings.get("max_wait_min", DEFAULT_MAX_WAIT_MIN)
     arrays = [j for row in followed(root) for j in row.get("jobs", [])]
-    while any(slurm.is_live(j) for j in arrays):
+    while any(slurm.is_live(j) for j in arrays) and time.time() < deadline:
         time.sleep(poll)
-    subprocess.run([sys.executable, "-m", "evals.aggregate",
-                    root if is_sweep_dir(root) else store(root)])
+    aggregate(root)
 
 
 class Follower(submitit.helpers.Checkpointable):
@@ -212,38 +221,22 @@ class Follower(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(Follower(self.root, self.poll))
 
 
-def submit_follower(root: str, cfg, python: str, hold: bool = False, poll: float = 60.0,
-                    evals: str = "") -> str:
-    """Submit the follower of a sweep or run dir (1 CPU; partition, account and time of `cfg`)
-    unless one is live; -> its job id. `evals`: a single run's eval file (a sweep's is in its
-    sweep.json)."""
-    if evals:
-        os.makedirs(follower_dir(root), exist_ok=True)
-        atomic_write(follower_spec_path(root), json.dumps({"evals": os.path.abspath(evals)}))
+def submit_follower(root: str, cfg, python: str, hold: bool = False,
+                    poll: float = 60.0) -> str:
+    """Submit the follower of a sweep or run dir unless one is live (1 CPU, no GPU; partition,
+    account, qos, time of `cfg`); -> its job id."""
     path = follower_job_path(root)
     if os.path.exists(path) and slurm.is_live(read_text(path).strip()):
         return read_text(path).strip()
-    executor = submitit.SlurmExecutor(folder=follower_dir(root), python=python)
-    optional = {"partition": cfg.slurm_partition, "account": cfg.slurm_account,
-                "qos": cfg.slurm_qos, "comment": cfg.slurm_comment}
-    executor.update_parameters(
-        job_name=f"{os.path.basename(root)}-evals", nodes=1, ntasks_per_node=1,
-        cpus_per_task=1, time=cfg.slurm_timeout_min, signal_delay_s=cfg.slurm_signal_delay_s,
-        **{k: v for k, v in optional.items() if v},
-        **({"additional_parameters": {"hold": True}} if hold else {}))
+    params = {**slurm.parameters(cfg), "job_name": f"{os.path.basename(root)}-evals",
+              "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1}
+    for key in ("gpus_per_node", "mem"):
+        params.pop(key, None)
     os.makedirs(follower_dir(root), exist_ok=True)
-    job = submit(executor, Follower(os.path.abspath(root), poll))
+    job = slurm.submit(slurm.executor(follower_dir(root), params, python, hold),
+                       Follower(os.path.abspath(root), poll))
     atomic_write(path, job.job_id)
     return job.job_id
-
-
-def check_eval_file(evals: str) -> None:
-    """The eval sweep file parses and names known datasets (checked by the evals application
-    itself, as a command: llip imports no evals)."""
-    checked = subprocess.run([sys.executable, "-m", "evals.main_mc", "--fname", evals,
-                              "--check"], capture_output=True, text=True)
-    if checked.returncode:
-        raise ConfigError(f"--evals: {one_line(checked.stderr or checked.stdout)}")
 
 
 @cli
@@ -261,10 +254,15 @@ def main(argv=None) -> int:
         return 0
     if not args.root:
         p.error("give a sweep dir or a run dir (or --check EVAL.yaml)")
+    if not (is_sweep_dir(args.root) or is_run_dir(args.root)):
+        raise ConfigError(f"{args.root} is neither a sweep dir (sweep.json) nor a run dir")
+    if not os.path.exists(follower_eval_file(args.root)):
+        raise ConfigError(f"{args.root} has no eval file to follow with: launch it with "
+                          "--evals EVAL.yaml")
     if args.once:
         follow_once(args.root, args.launcher)
     else:
-        follow(args.root, args.poll)
+        follow(args.root, args.poll, args.launcher)
     return 0
 
 

@@ -17,10 +17,13 @@ orchestrator read. No other module spells these names.
 A sweep (llip.sweep) is a directory of run dirs:
 
     <logs>/<sweep>/
-      sweep.json                   the sweep: config, axes, points, launcher, evals, code
-      code/, code-2/ ...           the code its jobs run, frozen at launch (llip.code_snapshot)
-      follow.jsonl                 checkpoints whose evals were started (llip.follow)
-      follow/                      the log (and submitit files) of the eval follower job
+      sweep.json                   the sweep: config, axes, points, launcher, evals
+      code/, code-2/ ...           the code its jobs run, frozen at launch (llip.code_snapshot):
+                                   llip/, evals/, code.json (commit), uncommitted.diff
+      follow.jsonl(.lock)          checkpoints whose evals were handed on (llip.follow)
+      follow/                      the eval follower: evals.yaml (the eval file, copied at
+                                   launch), its job's submitit files and job_id, one
+                                   evals-<point>-step<N>.yaml/.log per checkpoint handed on
       evals/                       the eval results of its checkpoints (evals.main_mc's store)
       <point>/                     one run dir per point
 
@@ -33,6 +36,7 @@ listed).
 """
 from __future__ import annotations
 
+import glob
 import os
 import re
 import shutil
@@ -59,6 +63,8 @@ SWEEP = "sweep.json"
 CODE = "code"
 FOLLOWED = "follow.jsonl"
 FOLLOWER = "follow"
+FOLLOWER_EVALS = "evals.yaml"
+CODE_RECORD, CODE_DIFF = "code.json", "uncommitted.diff"  # inside a code snapshot
 SWEEP_VERSION = 1  # of sweep.json
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 PARTIAL, CORRUPT = ".tmp", ".corrupt"  # suffixes of a save in progress and of one set aside
@@ -105,12 +111,26 @@ def cancelled_path(run_dir: str) -> str:
     return os.path.join(run_dir, CANCELLED)
 
 
+def job_logs(run_dir: str, job_id: str) -> list[str]:
+    """The SLURM logs (submitit's <job>_<task>_log.out/.err) of one of the run's jobs."""
+    return sorted(glob.glob(os.path.join(submitit_dir(run_dir), f"{job_id}_*_log.*")))
+
+
 def is_run_dir(path: str) -> bool:
-    """A directory that training made (or that a sweep prepared for a point)."""
-    return os.path.isfile(os.path.join(path, CONFIG)) or os.path.isdir(checkpoints_dir(path))
+    """A directory that training made, or that a submission or a sweep prepared for a run."""
+    return (os.path.isfile(os.path.join(path, CONFIG)) or os.path.isdir(checkpoints_dir(path))
+            or os.path.isfile(job_id_path(path)) or os.path.isfile(train_log(path)))
 
 
-# ---------------------------------------------------------------- sweep dirs
+def total_steps(run_dir: str):
+    """The run's number of steps from its config.yaml (None if it has none that reads)."""
+    try:
+        return read_config(run_dir).total_steps
+    except (ConfigError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------- sweep dirs, followers
 def sweep_record_path(sweep_dir: str) -> str:
     return os.path.join(sweep_dir, SWEEP)
 
@@ -151,22 +171,47 @@ def code_dirs(sweep_dir: str) -> list[str]:
     return found
 
 
-def followed_path(sweep_dir: str) -> str:
-    return os.path.join(sweep_dir, FOLLOWED)
+def followed_runs(root: str) -> list[str]:
+    """The run dirs whose checkpoints the eval follower of `root` (a sweep or a run) evaluates."""
+    return [run for run, _ in sweep_points(root)] if is_sweep_dir(root) else [root]
 
 
-def follower_dir(sweep_dir: str) -> str:
-    """The eval follower job's submitit folder (its logs and job_id)."""
-    return os.path.abspath(os.path.join(sweep_dir, FOLLOWER))
+def follower_dir(root: str) -> str:
+    """The eval follower's folder: its eval file, its submitit files and job_id, its logs."""
+    return os.path.abspath(os.path.join(root, FOLLOWER))
 
 
-def follower_job_path(sweep_dir: str) -> str:
-    return os.path.join(follower_dir(sweep_dir), JOB_ID)
+def follower_job_path(root: str) -> str:
+    return os.path.join(follower_dir(root), JOB_ID)
 
 
-def follower_spec_path(run_dir: str) -> str:
-    """A single run's follower names its eval file here (a sweep's is in sweep.json)."""
-    return os.path.join(follower_dir(run_dir), "evals.json")
+def follower_eval_file(root: str) -> str:
+    """The eval sweep file the follower uses: the user's, copied at launch."""
+    return os.path.join(follower_dir(root), FOLLOWER_EVALS)
+
+
+def follower_task_file(root: str, point: str, step: int) -> str:
+    """The evals.main_mc file (and, beside it, .log) of one checkpoint handed on."""
+    return os.path.join(follower_dir(root), f"evals-{point}-step{step:08d}.yaml")
+
+
+def followed_path(root: str) -> str:
+    return os.path.join(root, FOLLOWED)
+
+
+def followed_lock_path(root: str) -> str:
+    return followed_path(root) + ".lock"
+
+
+def eval_store(root: str) -> str:
+    """Where the evals of a sweep's or run's checkpoints land: the output_dir its eval file
+    names (recorded in the follower's eval file at launch), else <root>/evals."""
+    try:
+        with open(follower_eval_file(root), encoding="utf-8") as f:
+            out = (yaml.safe_load(f) or {}).get("output_dir")
+    except (OSError, yaml.YAMLError, AttributeError):
+        out = None
+    return os.path.abspath(out if isinstance(out, str) and out else evals_dir(root))
 
 
 # ---------------------------------------------------------------- config.yaml
@@ -262,6 +307,11 @@ def step_of(path: str) -> int:
     return int(read_marker(path)["step"])
 
 
+def step_in_name(path: str) -> int:
+    """A checkpoint's step from its directory name (no file is read: it may be pruned now)."""
+    return int(_STEP_DIR.match(os.path.basename(path)).group(1))
+
+
 def clean_partial(run_dir: str) -> None:
     """Remove leftovers of saves that crashed (never a complete checkpoint)."""
     root = checkpoints_dir(run_dir)
@@ -275,7 +325,7 @@ def prune(run_dir: str, keep_last: int, keep_every: int = 0) -> None:
     """Remove all but the newest `keep_last` complete checkpoints, except those at multiples of
     `keep_every` steps (kept for a learning curve)."""
     for old in complete_checkpoints(run_dir)[:-keep_last]:
-        step = int(_STEP_DIR.match(os.path.basename(old)).group(1))
+        step = step_in_name(old)
         if not (keep_every and step % keep_every == 0):
             shutil.rmtree(old, ignore_errors=True)
 

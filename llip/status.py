@@ -5,29 +5,32 @@
 A run's state comes from SLURM (llip.training.slurm: the controller's view, then accounting's)
 joined with what its run dir knows, which wins where it is certain:
 
-    completed  the newest complete checkpoint is the last step
-    pending    queued (or a sweep point not started yet)
-    running    SLURM runs its job, or a live local process holds the run's LOCK
-    requeued   queued again after a preemption or a time limit (it will resume)
-    diverged   it stopped with "training diverged" (llip.training.divergence)
-    failed     it stopped before the end: its last error line is shown
-    cancelled  cancelled (scancel, or `llip-status --cancel`)
-    unknown    its job's state cannot be asked: the SLURM controller does not answer
+    completed    the newest complete checkpoint is the last step
+    not started  a sweep point with no job or process yet (nothing in its run dir)
+    pending      its SLURM job is queued (or held)
+    running      SLURM runs its job, or a live process holds the run's LOCK (one on another
+                 host is judged by its SLURM job)
+    requeued     queued again after a preemption or a time limit (it will resume)
+    diverged     it stopped with "training diverged" (llip.training.divergence)
+    failed       it stopped before the end: its last error line is shown
+    cancelled    cancelled (scancel, or `llip-status --cancel`)
+    unknown      its job's state cannot be asked: the SLURM controller does not answer
 
 Beside it: step of total, loss, samples/s and ETA (metrics.jsonl), the newest complete
-checkpoint, the newest eval average (the result store of the sweep or the run: evals.main_mc's
-JSON results) and, for a sweep, each axis. Without SLURM, or with its controller down, the board
-says so and shows what the run dirs know. `--json` / `--csv` print the same rows for scripts.
+checkpoint, the newest eval average (the result store of the sweep or the run) and, for a
+sweep, each axis; under the table, the state of the eval follower. Without SLURM, or with its
+controller down, the board says so and shows what the run dirs know. `--json` / `--csv` print
+the same rows for scripts.
 
-`--cancel` cancels every live job of the runs (and of the sweep's evals) and marks the runs
-cancelled; a local run gets SIGTERM, which lets a checkpoint being written finish. Complete
-checkpoints are never touched: they are renamed into place whole.
+`--cancel` cancels every live job of the runs and of the evals following them, and marks the
+runs (and a sweep's points not started yet) cancelled; a local run gets SIGTERM, which lets a
+checkpoint being written finish. Complete checkpoints are never touched: they are renamed into
+place whole.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import glob
 import json
 import os
 import re
@@ -37,7 +40,8 @@ import sys
 import time
 
 from llip.cli import cli
-from llip.errors import ConfigError
+from llip.errors import ConfigError, one_line
+from llip.evaluation.results import read_result, result_files
 from llip.io import atomic_write, read_json, read_text
 from llip.run_dir import (
     CHECKPOINTS,
@@ -46,33 +50,27 @@ from llip.run_dir import (
     SUBMITIT,
     WANDB,
     cancelled_path,
-    evals_dir,
+    eval_store,
     followed_path,
     follower_job_path,
     is_run_dir,
     is_sweep_dir,
     job_id_path,
+    job_logs,
     latest,
     lock_path,
     metrics_path,
     read_config_dict,
     run_dir_of,
-    step_of,
-    submitit_dir,
+    step_in_name,
     sweep_points,
+    total_steps,
     train_log,
 )
 from llip.training import slurm
+from llip.training.claim import RunLock, stale_reason
 
-ACTIVE = ("pending", "running", "requeued")
-SLURM_LIVE = {"PENDING": "pending", "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued",
-              "REQUEUE_FED": "requeued", "RUNNING": "running", "COMPLETING": "running",
-              "CONFIGURING": "running", "RESIZING": "running", "SUSPENDED": "pending",
-              "STOPPED": "pending", "SIGNALING": "running", "STAGE_OUT": "running"}
-SLURM_ENDED = {"CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "failed",
-               "NODE_FAIL": "failed", "OUT_OF_MEMORY": "failed", "BOOT_FAIL": "failed",
-               "DEADLINE": "failed", "PREEMPTED": "failed", "COMPLETED": "failed",
-               "SPECIAL_EXIT": "failed", "REVOKED": "failed"}  # COMPLETED but not at the end
+ACTIVE = ("pending", "running", "requeued")  # a job or process of the run is live
 _EXCEPTION = re.compile(r"^([\w.]+)?(Error|Exception|Interrupt|Diverged): ")
 _NOT_RUNS = {CHECKPOINTS, CODE, EVALS, SUBMITIT, WANDB}
 
@@ -97,24 +95,18 @@ class RunStatus:
 
 # ---------------------------------------------------------------- what a run dir knows
 def last_error(run_dir: str) -> str:
-    """The last error line in the run's logs (a local sweep's train.log, its SLURM job's
-    submitit logs): our one-line `error: ...`, else the last exception line of a traceback."""
-    logs = [train_log(run_dir)]
+    """The last error line in the run's logs (its SLURM job's submitit logs, a local sweep's
+    train.log): our one-line `error: ...`, else the last line of a traceback."""
     job = _job_id(run_dir)
-    if job:
-        logs = sorted(glob.glob(os.path.join(submitit_dir(run_dir), f"{job}_*_log.*"))) + logs
-    for path in logs:
+    for path in (job_logs(run_dir, job) if job else []) + [train_log(run_dir)]:
         try:
-            lines = read_text(path).splitlines()
+            text = read_text(path)
         except (OSError, UnicodeDecodeError):
             continue
-        for line in reversed(lines):
-            line = line.strip()
-            if line.startswith("error: "):
-                return line[len("error: "):]
-        for line in reversed(lines):
-            if _EXCEPTION.match(line.strip()):
-                return line.strip()
+        lines = [line.strip() for line in text.splitlines()]
+        if any(line.startswith("error: ") for line in lines) or any(
+                _EXCEPTION.match(line) for line in lines):
+            return one_line("\n".join(["Traceback", *lines]))
     return ""
 
 
@@ -141,25 +133,17 @@ def _rows(run_dir: str) -> list[dict]:
     return rows
 
 
-def _total(run_dir: str):
-    try:
-        cfg = read_config_dict(run_dir)
-        return int(cfg["epochs"]) * max(1, int(cfg["train_num_samples"]) //
-                                        int(cfg["batch_size"])), int(cfg["batch_size"])
-    except (ConfigError, OSError, KeyError, TypeError, ValueError):
-        return None, None
-
-
-def _local_holder_alive(run_dir: str) -> bool:
-    """A process on this host holds the run's LOCK and still lives."""
-    from llip.training.claim import RunLock, stale_reason
+def _holder(run_dir: str):
+    """Who holds the run's LOCK: "alive", "gone", or None when nobody does. A holder on
+    another host is judged by its SLURM job (llip.training.claim); one that cannot be judged
+    counts as alive."""
     try:
         holder = read_json(lock_path(run_dir))
     except (OSError, ValueError):
-        return False
-    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
-        return False
-    return stale_reason(holder, RunLock(run_dir).me) is None
+        return None
+    if not isinstance(holder, dict):
+        return None
+    return "alive" if stale_reason(holder, RunLock(run_dir).me) is None else "gone"
 
 
 def _ended_state(run_dir: str, note: str) -> tuple[str, str]:
@@ -179,47 +163,49 @@ def run_status(run_dir: str, jobs=_ASK, axes: dict | None = None) -> RunStatus:
     """One run's row. `jobs`: SLURM's states of the board's jobs, None when the controller does
     not answer; by default the run's own job is asked for."""
     name = os.path.basename(os.path.normpath(run_dir))
-    status = RunStatus(name, "pending", path=os.path.abspath(run_dir), axes=axes or {})
-    status.total, batch = _total(run_dir)
+    status = RunStatus(name, "not started", path=os.path.abspath(run_dir), axes=axes or {})
+    status.total = total_steps(run_dir)
     rows = _rows(run_dir)
     if rows:
         last = rows[-1]
         status.step, status.loss = last.get("step"), last.get("loss")
         status.samples_per_s = last.get("samples_per_s")
+        batch = read_config_dict(run_dir).get("batch_size") if status.total else None
         if status.samples_per_s and status.total and batch:
             status.eta_s = (status.total - status.step) * batch / status.samples_per_s
     newest = latest(run_dir) if os.path.isdir(run_dir) else None
-    if newest is not None:
-        try:
-            status.checkpoint = step_of(newest)
-        except ConfigError:
-            pass
+    status.checkpoint = step_in_name(newest) if newest else None
     status.job = _job_id(run_dir)
     if status.checkpoint is not None and status.checkpoint == status.total:
         status.state, status.eta_s = "completed", None
         return status
+    holder = _holder(run_dir)
     if status.job:
         states = slurm.job_states([status.job]) if jobs is _ASK else jobs
         if states is None:
             status.state, status.note = "unknown", "SLURM controller not reachable"
         elif status.job in states:
             job = states[status.job]
-            if job.state in SLURM_LIVE:
-                status.state = SLURM_LIVE[job.state]
+            if job.state in slurm.LIVE:
+                status.state = slurm.LIVE[job.state]
                 if job.restarts and status.state == "pending":
                     status.state = "requeued"
                 if job.restarts:
                     status.note = f"requeued {job.restarts}x"
-            else:
+            elif job.state == "CANCELLED":
+                status.state = "cancelled"
+            else:  # it ended before the last step: FAILED, TIMEOUT, NODE_FAIL, ...
                 status.state, status.note = _ended_state(
                     run_dir, f"SLURM job {job.state.lower()} (exit {job.exit_code})")
-                if job.state == "CANCELLED":
-                    status.state = "cancelled"
+        elif holder == "alive":  # the controller forgot the job; its process still runs
+            status.state = "running"
         else:
             status.state, status.note = _ended_state(run_dir, "its SLURM job is gone")
-    elif _local_holder_alive(run_dir):
+    elif holder == "alive":
         status.state = "running"
-    elif rows or newest is not None or os.path.exists(train_log(run_dir)):
+    elif os.path.exists(cancelled_path(run_dir)):
+        status.state = "cancelled"
+    elif rows or newest is not None or holder or os.path.exists(train_log(run_dir)):
         status.state, status.note = _ended_state(run_dir, "")
     if status.state not in ACTIVE:
         status.eta_s = None
@@ -256,23 +242,41 @@ def find_runs(root: str) -> list[tuple[str, dict]]:
 
 def _eval_averages(stores) -> dict:
     """run dir -> (step, mean main metric over its datasets at its newest evaluated step), from
-    evals.main_mc's result JSON files (their documented format)."""
+    the result stores (llip.evaluation.results: the trained tau's entry where there are
+    several)."""
     by_run: dict = {}
     for store in dict.fromkeys(stores):
-        for path in glob.glob(os.path.join(store, "results", "*.json")):
-            try:
-                result = read_json(path)
-                entries = result["by_tau"]
-                trained = [e for e in entries if e.get("eval_tau") is None] or entries
-                key = (run_dir_of(result["checkpoint"]), int(result["step"]))
-                by_run.setdefault(key, {})[result["dataset"]] = float(trained[0]["value"])
-            except (OSError, ValueError, KeyError, TypeError, IndexError):
-                continue  # a torn or foreign file is not a result
+        for result in filter(None, map(read_result, result_files(store))):
+            entries = result["by_tau"]
+            trained = [e for e in entries if e["eval_tau"] is None] or entries
+            key = (os.path.abspath(run_dir_of(result["checkpoint"])), result["step"])
+            by_run.setdefault(key, {})[result["dataset"]] = float(trained[0]["value"])
     newest = {}
     for (run, step), values in by_run.items():
         if run not in newest or step > newest[run][0]:
             newest[run] = (step, sum(values.values()) / len(values))
     return newest
+
+
+def _stores(root: str, runs) -> list[str]:
+    """The result stores the runs' evals land in: each sweep's, each run's own."""
+    sweeps = [root] if is_sweep_dir(root) else []
+    sweeps += [os.path.dirname(run) for run, _ in runs if is_sweep_dir(os.path.dirname(run))]
+    return [eval_store(d) for d in dict.fromkeys([*sweeps, *(run for run, _ in runs)])]
+
+
+def follower_note(root: str) -> str:
+    """The state of a sweep's (or run's) eval follower job, for under the table."""
+    try:
+        job = read_text(follower_job_path(root)).strip()
+    except OSError:
+        return ""
+    handed = len(read_text(followed_path(root)).splitlines()) \
+        if os.path.exists(followed_path(root)) else 0
+    states = slurm.job_states([job])
+    state = "unknown (controller not reachable)" if states is None else \
+        states[job].state.lower() if job in states else "ended"
+    return f"evals: follower job {job} {state}, {handed} checkpoint(s) handed on"
 
 
 def statuses(runs: list[tuple[str, dict]]) -> tuple[list[RunStatus], str]:
@@ -292,9 +296,7 @@ def board(root: str) -> tuple[list[RunStatus], str]:
         raise ConfigError(f"{root} does not exist: give a logs dir, a sweep dir or a run dir")
     runs = find_runs(root)
     rows, note = statuses(runs)
-    stores = [evals_dir(root)] + [evals_dir(os.path.dirname(run)) for run, _ in runs] + \
-        [evals_dir(run) for run, _ in runs]
-    evals = _eval_averages(stores)
+    evals = _eval_averages(_stores(root, runs))
     for row in rows:
         found = evals.get(os.path.normpath(row.path))
         if found:
@@ -333,30 +335,42 @@ def table(rows: list[RunStatus]) -> str:
 
 # ---------------------------------------------------------------- cancelling
 def cancel(root: str, rows: list[RunStatus]) -> int:
-    """Cancel every live job of the rows (and of a sweep's evals); mark the runs cancelled."""
+    """Cancel every live job of the rows (and of the evals following them) and mark the runs
+    cancelled, not-started sweep points included (a local sweep then skips them). A local run
+    gets SIGTERM, which lets a checkpoint being written finish."""
     jobs, cancelled = [], 0
     for r in rows:
-        if r.state not in ACTIVE:
+        if r.state not in (*ACTIVE, "not started"):
             continue
         if r.job:
             jobs.append(r.job)
-        elif r.state == "running":  # a local run: SIGTERM lets a save in flight finish
-            holder = read_json(lock_path(r.path))
-            os.kill(int(holder["pid"]), signal.SIGTERM)
+        elif r.state == "running":
+            _terminate(r.path)
+        os.makedirs(r.path, exist_ok=True)
         atomic_write(cancelled_path(r.path), f"{time.time()}\n")
         cancelled += 1
-    if is_sweep_dir(root):
-        follower = follower_job_path(root)
-        if os.path.exists(follower):
-            jobs.append(read_text(follower).strip())
-        if os.path.exists(followed_path(root)):
-            for line in read_text(followed_path(root)).splitlines():
+    for followed_root in dict.fromkeys([root, *(os.path.dirname(r.path) for r in rows),
+                                        *(r.path for r in rows)]):
+        if os.path.exists(follower_job_path(followed_root)):
+            jobs.append(read_text(follower_job_path(followed_root)).strip())
+        if os.path.exists(followed_path(followed_root)):
+            for line in read_text(followed_path(followed_root)).splitlines():
                 try:
                     jobs += [j for j in json.loads(line).get("jobs", []) if j]
                 except ValueError:
                     continue
     slurm.cancel(jobs)
     return cancelled
+
+
+def _terminate(run_dir: str) -> None:
+    """SIGTERM to the local process that holds the run (if it is on this host and still it)."""
+    try:
+        holder = read_json(lock_path(run_dir))
+        if holder.get("host") == socket.gethostname():
+            os.kill(int(holder["pid"]), signal.SIGTERM)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        pass  # gone meanwhile, or not ours to signal: the CANCELLED mark still stands
 
 
 # ---------------------------------------------------------------- the command
@@ -370,7 +384,8 @@ def main(argv=None) -> int:
     out.add_argument("--json", action="store_true", help="one JSON object per run")
     out.add_argument("--csv", action="store_true")
     p.add_argument("--cancel", action="store_true",
-                   help="cancel every live job of these runs (complete checkpoints are kept)")
+                   help="cancel every live job of these runs and their evals (complete "
+                   "checkpoints are kept)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     while True:
         rows, note = board(args.root)
@@ -390,6 +405,9 @@ def main(argv=None) -> int:
             print(f"{args.root} at {time.strftime('%Y-%m-%d %H:%M:%S')}"
                   + (f" ({note})" if note else ""))
             print(table(rows) if rows else "no runs found")
+            followers = [follower_note(d) for d in dict.fromkeys(
+                [args.root, *(os.path.dirname(r.path) for r in rows), *(r.path for r in rows)])]
+            print("\n".join(f for f in followers if f), end="\n" if any(followers) else "")
         if not args.watch or not any(r.state in ACTIVE for r in rows):
             return 0
         time.sleep(args.watch)

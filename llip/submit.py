@@ -9,16 +9,17 @@ import argparse
 import os
 import sys
 
+from llip import code_snapshot
 from llip.cli import cli
 from llip.errors import ConfigError
-from llip.follow import check_eval_file, submit_follower
+from llip.follow import adopt_eval_file, check_eval_file, submit_follower
 from llip.run_configs import resolve
 from llip.run_dir import path_of
 from llip.training.launcher import (
     live_job,
     make_executor,
     sbatch_script,
-    submit,
+    submit_run,
     submitit_folder,
 )
 from llip.training.trainer import checked_for_training
@@ -26,7 +27,8 @@ from llip.training.trainer import checked_for_training
 
 @cli
 def main(argv=None) -> int:
-    """python submitit_openclip.py <config> [key=value ...] [--dry-run | --local]"""
+    """python submitit_openclip.py <config> [key=value ...] [--dry-run | --local]
+    [--evals EVAL.yaml]"""
     parser = argparse.ArgumentParser(
         prog="submitit_openclip.py",
         description="Train on SLURM through submitit; requeued and resumed on preemption")
@@ -46,18 +48,22 @@ def main(argv=None) -> int:
     if args.dry_run:
         print(sbatch_script(cfg))
         return 0
+    if args.evals and args.local:
+        raise ConfigError("--evals follows the checkpoints with SLURM jobs, which --local has "
+                          "none of: evaluate afterwards with `llip-eval`")
     if args.evals:
         check_eval_file(args.evals)
+        adopt_eval_file(path_of(cfg), args.evals)
     executor = make_executor(cfg, local=args.local)
     os.makedirs(submitit_folder(cfg), exist_ok=True)
-    job = submit(executor, cfg)
+    job = submit_run(executor, cfg)
     print(f"submitted job {job.job_id} ({cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)), "
           f"run dir {path_of(cfg)}\n"
           f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"
           f"  follow: tail -f {job.paths.stdout}\n"
           f"  cancel: {'scancel ' + job.job_id if not args.local else 'kill the local process'}")
-    if args.evals and not args.local:
-        follower = submit_follower(path_of(cfg), cfg, sys.executable, evals=args.evals)
+    if args.evals:
+        follower = submit_follower(path_of(cfg), cfg, code_snapshot.python())
         print(f"submitted job {follower}: evals following the checkpoints into "
               f"{path_of(cfg)}/evals")
     if args.local:

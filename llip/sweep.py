@@ -20,19 +20,24 @@ With `--evals EVAL.yaml` (an evals.main_mc sweep file: catalogs, datasets, eval_
 kept checkpoint of every point (multiples of keep_every, and the last) is evaluated as it
 appears (llip.follow), into one result store; `llip-aggregate <sweep dir>` makes its table.
 
-Re-running the same command is safe: completed points are skipped, running or pending ones left
-alone, failed or vanished ones resubmitted (they resume from their checkpoints), and a point
-whose run dir holds another config is refused, naming the field. Axis values may be added to a
-sweep; its code stays the snapshot (`--new-code` takes the current code for what is (re)run).
+Re-running the same command is safe: completed points are skipped, running, pending or requeued
+ones left alone, failed, cancelled, vanished or not started ones (re)started (they resume from
+their checkpoints), diverged ones reported and left (they would diverge again); while the SLURM
+controller does not answer nothing is submitted; a point whose run dir holds another config is
+refused, naming the field. Axis values may be added to a sweep; its eval file and code stay the
+ones of its launch (`--evals` replaces the file, `--new-code` takes the current code, for what
+is handed on or (re)started from then on).
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -40,25 +45,29 @@ import time
 from llip import code_snapshot
 from llip.cli import cli, parse_value
 from llip.config import NAME, RunConfig, config_changes
+from llip.data.stream import check_shards, expand_sources, with_dataset_size
 from llip.errors import ConfigError, one_line
-from llip.follow import check_eval_file, submit_follower
-from llip.io import read_json, write_json
+from llip.follow import adopt_eval_file, check_eval_file, submit_follower
+from llip.io import write_json
 from llip.run_configs import get_config, resolve
 from llip.run_configs.sweeps import SWEEPS, Sweep
 from llip.run_dir import (
     SWEEP_VERSION,
+    cancelled_path,
     code_dir,
     code_dirs,
     followed_path,
+    follower_eval_file,
     has_config,
+    is_sweep_dir,
     path_of,
     read_config_dict,
     read_sweep_record,
     sweep_record_path,
     train_log,
 )
-from llip.status import last_error, run_status
-from llip.training.launcher import make_executor, submit
+from llip.status import last_error, statuses
+from llip.training.launcher import live_job, make_executor, submit_run
 
 _COMMA = re.compile(r",(?![^{]*\})")  # a comma outside braces
 
@@ -164,8 +173,7 @@ def expand(sweep: Sweep) -> tuple[str, list[Point]]:
 def record(sweep: Sweep, sweep_dir: str, points: list[Point], launcher: str) -> dict:
     """sweep.json: what the sweep is, for re-runs, the status board, evals and the table. Axis
     values added by a later command join the points already recorded."""
-    path = sweep_record_path(sweep_dir)
-    old = read_json(path) if os.path.exists(path) else {}
+    old = read_sweep_record(sweep_dir) if is_sweep_dir(sweep_dir) else {}
     known = {p["name"]: p for p in old.get("points", [])}
     known.update({p.name: {"name": p.name, "values": p.values} for p in points})
     axes = dict(old.get("axes", {}))
@@ -197,33 +205,52 @@ def check_same_config(point: Point) -> None:
 
 
 def plan(points: list[Point]):
-    """(points to (re)start, {state: count}) from the status board's view of each point."""
-    todo, counts = [], {}
-    for point in points:
-        status = run_status(point.run_dir)
-        state = "not started" if status.state == "pending" and not status.job else status.state
-        counts[state] = counts.get(state, 0) + 1
-        if state not in ("completed", "running", "pending", "requeued"):
-            todo.append(point)
+    """(points to (re)start, {state: count}) from the status board's view of the points (SLURM
+    asked once). Failed, cancelled and not started points are (re)started; a diverged one is
+    not (it would diverge again where it did: lower lr in a new sweep); while SLURM cannot be
+    asked, nothing is (a live job would get a twin)."""
+    rows, _ = statuses([(p.run_dir, {}) for p in points])
+    unknown = [p.name for p, row in zip(points, rows) if row.state == "unknown"]
+    if unknown:
+        raise ConfigError(f"the SLURM controller does not answer, so whether {unknown[0]} (and "
+                          f"{len(unknown) - 1} more) still runs cannot be told: run the sweep "
+                          "again when it answers (llip-status shows what the run dirs know)")
+    counts = {}
+    for row in rows:
+        counts[row.state] = counts.get(row.state, 0) + 1
+    todo = [p for p, row in zip(points, rows) if row.state in RESTART]
     return todo, counts
 
 
+RESTART = ("not started", "failed", "cancelled")
+
+
 # ---------------------------------------------------------------- launching
-def _follow(sweep_dir: str, code: str, once: bool, launcher: str) -> subprocess.CompletedProcess:
-    """The eval follower as a command (llip.follow), from the snapshot."""
-    argv = [sys.executable, "-m", "llip.follow", sweep_dir, "--launcher", launcher]
-    return subprocess.run(argv + (["--once"] if once else []), env=code_snapshot.env(code),
-                          capture_output=True, text=True)
+def _clear_cancelled(point: Point) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(cancelled_path(point.run_dir))
 
 
 def launch_local(points: list[Point], sweep_dir: str, code: str, parallel: int,
                  evals: bool) -> list[tuple[str, str]]:
     """Train the points here, `parallel` at a time, each as `python -m llip.main` from the
-    snapshot with its output in <run dir>/train.log; evals of its kept checkpoints after each.
-    -> failures [(point, last error line)]."""
+    snapshot with its output in <run dir>/train.log; evals of its kept checkpoints after each
+    (and once more at the end, for evaluations that failed). A point cancelled meanwhile
+    (llip-status --cancel) is not started. -> failures [(point, last error line)]."""
     failures, done = [], [0]
+    for point in points:
+        _clear_cancelled(point)
+
+    def follow_once():
+        followed = subprocess.run([sys.executable, "-m", "llip.follow", sweep_dir, "--once",
+                                   "--launcher", "local"], env=code_snapshot.env(code),
+                                  capture_output=True, text=True)
+        if followed.returncode:
+            failures.append(("evals", one_line(followed.stderr or followed.stdout)))
 
     def one(point: Point):
+        if os.path.exists(cancelled_path(point.run_dir)):
+            return
         os.makedirs(point.run_dir, exist_ok=True)
         start = time.time()
         with open(train_log(point.run_dir), "a") as log:
@@ -239,26 +266,30 @@ def launch_local(points: list[Point], sweep_dir: str, code: str, parallel: int,
         print(f"[{done[0]}/{len(points)}] {point.name}: completed in {time.time() - start:.0f}s",
               flush=True)
         if evals:
-            followed = _follow(sweep_dir, code, once=True, launcher="local")
-            if followed.returncode:
-                failures.append((f"evals of {point.name}", one_line(followed.stderr or
-                                                                    followed.stdout)))
+            follow_once()
 
     with concurrent.futures.ThreadPoolExecutor(max(1, parallel)) as pool:
         list(pool.map(one, points))
+    if evals:
+        follow_once()
     return failures
 
 
 def launch_slurm(points: list[Point], sweep_dir: str, code: str, hold: bool,
                  evals: bool, poll: float = 60.0) -> list[str]:
     """One job per point (the same job as llip-submit's, from the snapshot), then, with evals,
-    the follower job. -> the job ids."""
+    the follower job. A point whose run dir has a live job is left alone. -> the job ids."""
     python = code_snapshot.python(code)
     ids = []
     for point in points:
+        live = live_job(point.cfg)
+        if live:
+            print(f"left alone: {point.name} (live job {live})", flush=True)
+            continue
+        _clear_cancelled(point)
         executor = make_executor(point.cfg, python=python, hold=hold)
         os.makedirs(executor.folder, exist_ok=True)
-        ids.append(submit(executor, point.cfg).job_id)
+        ids.append(submit_run(executor, point.cfg).job_id)
         print(f"submitted job {ids[-1]}: {point.name}", flush=True)
     if evals:
         ids.append(submit_follower(sweep_dir, base_config(sweep_dir), python, hold, poll))
@@ -279,7 +310,8 @@ def parse_args(argv):
                    "sbatch exists)")
     p.add_argument("--parallel", type=int, default=1, help="local: points trained at once")
     p.add_argument("--evals", default="", metavar="EVAL.yaml",
-                   help="evaluate every kept checkpoint with this evals.main_mc sweep file")
+                   help="evaluate every kept checkpoint with this evals.main_mc sweep file "
+                   "(kept by the sweep: a re-run need not repeat it)")
     p.add_argument("--dry-run", action="store_true", help="print the points, submit nothing")
     p.add_argument("--hold", action="store_true", help="slurm: submit held (scontrol release)")
     p.add_argument("--new-code", action="store_true",
@@ -289,19 +321,9 @@ def parse_args(argv):
     return p.parse_intermixed_args(argv)
 
 
-def sweep_of(args) -> Sweep:
-    """The sweep a command line names: a registered sweep (plus overrides), or a config with
-    axes."""
-    zipped = tuple(tuple(k.strip() for k in z.split(",") if k.strip()) for z in args.zip)
-    if args.config in SWEEPS:
-        found = SWEEPS[args.config]()
-        extra = [o for o in args.overrides if "=" in o]
-        return dataclasses.replace(found, overrides=(*found.overrides, *extra),
-                                   zip=found.zip + zipped, name=args.name or found.name
-                                   or args.config, evals=args.evals or found.evals)
-    get_config(args.config)  # an unknown name: the closest configs, before anything else
+def _axes_and_fixed(overrides) -> tuple[dict, list[str]]:
     axes, fixed = {}, []
-    for item in args.overrides:
+    for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value (key=v1,v2 for an axis)")
         key, text = item.split("=", 1)
@@ -310,6 +332,21 @@ def sweep_of(args) -> Sweep:
             axes[key] = values
         else:
             fixed.append(item)
+    return axes, fixed
+
+
+def sweep_of(args) -> Sweep:
+    """The sweep a command line names: a registered sweep (its axes and overrides, plus the
+    command line's), or a config with the command line's axes."""
+    zipped = tuple(tuple(k.strip() for k in z.split(",") if k.strip()) for z in args.zip)
+    axes, fixed = _axes_and_fixed(args.overrides)
+    if args.config in SWEEPS:
+        found = SWEEPS[args.config]()
+        return dataclasses.replace(found, axes={**found.axes, **axes},
+                                   overrides=(*found.overrides, *fixed), zip=found.zip + zipped,
+                                   name=args.name or found.name or args.config,
+                                   evals=args.evals or found.evals)
+    get_config(args.config)  # an unknown name: the closest configs, before anything else
     if not axes:
         raise ConfigError("a sweep needs an axis: give key=v1,v2 (e.g. lr=1e-3,2e-3)")
     return Sweep(args.config, axes, zip=zipped, name=args.name, overrides=tuple(fixed),
@@ -333,59 +370,62 @@ def _snapshot(sweep_dir: str, new_code: bool) -> tuple[str, dict]:
     return code, code_snapshot.freeze(code)
 
 
-@cli
-def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
-    sweep = sweep_of(args)
-    sweep_dir, points = expand(sweep)
-    for point in points:
-        check_same_config(point)
-    launcher = args.launcher or ("slurm" if _has_slurm() else "local")
-    if args.dry_run:
-        print(f"sweep {sweep_dir}: {len(points)} point(s), launcher {launcher}")
-        for point in points:
-            print(f"  {point.name}: {' '.join(f'{k}={v}' for k, v in point.values.items())}")
-        return 0
-    if sweep.evals:
-        check_eval_file(sweep.evals)
-    _check_data(points)
-    todo, counts = plan(points)
-    os.makedirs(sweep_dir, exist_ok=True)
-    write_json(sweep_record_path(sweep_dir), record(sweep, sweep_dir, points, launcher),
-               indent=1)
-    code, snapshot = _snapshot(sweep_dir, args.new_code)
-    print(f"sweep {sweep_dir}: {len(points)} point(s): "
-          + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
-          + f"; {len(todo)} to start ({launcher}); code {snapshot['commit'][:12] or 'not git'}"
-          + (" + uncommitted changes" if snapshot["dirty"] else ""), flush=True)
-    if launcher == "slurm":
-        if todo or sweep.evals:
-            launch_slurm(todo, sweep_dir, code, args.hold, bool(sweep.evals), args.poll)
-        print(f"watch: llip-status {sweep_dir} --watch", flush=True)
-        print(f"cancel: llip-status {sweep_dir} --cancel", flush=True)
-        return 0
-    failures = launch_local(todo, sweep_dir, code, args.parallel, bool(sweep.evals))
-    if sweep.evals and os.path.exists(followed_path(sweep_dir)):
-        subprocess.run([sys.executable, "-m", "evals.aggregate", sweep_dir],
-                       env=code_snapshot.env(code))
-    for what, why in failures:
-        print(f"FAILED {what}: {why}")
-    return 1 if failures else 0
-
-
-def _has_slurm() -> bool:
-    import shutil
-    return shutil.which("sbatch") is not None
-
-
-def _check_data(points: list[Point]) -> None:
-    """Every distinct train_data of the sweep exists (once each)."""
-    from llip.data.stream import check_shards, expand_sources
+def _check_data(points: list[Point]) -> list[Point]:
+    """Every distinct train_data of the sweep exists (checked once each); -> the points with
+    train_num_samples filled where it was 0 (from the shards' manifest), as their runs will
+    record it."""
     for spec in dict.fromkeys(p.cfg.train_data for p in points):
         if not spec:
             raise ConfigError("train_data is empty: set "
                               "train_data=/path/shard-{000000..000099}.tar")
         check_shards(expand_sources(spec))
+    return [dataclasses.replace(p, cfg=with_dataset_size(p.cfg)) for p in points]
+
+
+@cli
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    sweep = sweep_of(args)
+    sweep_dir, points = expand(sweep)
+    launcher = args.launcher or ("slurm" if shutil.which("sbatch") else "local")
+    if args.dry_run:
+        print(f"sweep {sweep_dir}: {len(points)} point(s), launcher {launcher}")
+        for point in points:
+            print(f"  {point.name}: {' '.join(f'{k}={v}' for k, v in point.values.items())}")
+        return 0
+    points = _check_data(points)
+    for point in points:
+        check_same_config(point)
+    if sweep.evals:
+        check_eval_file(sweep.evals)
+    todo, counts = plan(points)
+    os.makedirs(sweep_dir, exist_ok=True)
+    write_json(sweep_record_path(sweep_dir), record(sweep, sweep_dir, points, launcher),
+               indent=1)
+    if sweep.evals:
+        adopt_eval_file(sweep_dir, sweep.evals)
+    evals = os.path.exists(follower_eval_file(sweep_dir))
+    code, snapshot = _snapshot(sweep_dir, args.new_code)
+    print(f"sweep {sweep_dir}: {len(points)} point(s): "
+          + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+          + f"; {len(todo)} to start ({launcher}); code {snapshot['commit'][:12] or 'not git'}"
+          + (" + uncommitted changes" if snapshot["dirty"] else ""), flush=True)
+    if counts.get("diverged"):
+        print(f"note: {counts['diverged']} diverged point(s) are not restarted: they would "
+              "diverge again (lower lr or raise warmup_steps in a new sweep)", flush=True)
+    if launcher == "slurm":
+        if todo or evals:
+            launch_slurm(todo, sweep_dir, code, args.hold, evals, args.poll)
+        print(f"watch: llip-status {sweep_dir} --watch", flush=True)
+        print(f"cancel: llip-status {sweep_dir} --cancel", flush=True)
+        return 0
+    failures = launch_local(todo, sweep_dir, code, args.parallel, evals)
+    if evals and os.path.exists(followed_path(sweep_dir)):
+        subprocess.run([sys.executable, "-m", "evals.aggregate", sweep_dir],
+                       env=code_snapshot.env(code))
+    for what, why in failures:
+        print(f"FAILED {what}: {why}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -192,6 +192,9 @@ def wait_for(condition, timeout: float, what: str, logs_dir=None):
 
 
 def queued(job_id: str) -> bool:
-    """SLURM still lists the job (queued or running)."""
+    """SLURM still lists the job (queued or running); a controller that does not answer counts
+    as still listing it (a wait on it then times out rather than ending early)."""
     out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
-    return out.returncode == 0 and bool(out.stdout.strip())
+    if out.returncode != 0:
+        return "invalid job id" not in out.stderr.lower()
+    return bool(out.stdout.strip())

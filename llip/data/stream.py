@@ -270,10 +270,23 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if cfg.workers else None, persistent_workers=False,
-        worker_init_fn=die_with_parent)
+        worker_init_fn=worker_init)
 
 
-def die_with_parent(_worker_id=None) -> None:
+# The signals SLURM sends every process of a job before it stops it (preemption, time limit):
+# they are the trainer's to handle (requeue, finish a checkpoint). A worker that died of one
+# first would make torch raise in the trainer mid-requeue, and the job would be lost.
+TRAINER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def worker_init(_worker_id=None) -> None:
+    """A DataLoader worker leaves the job's stop signals to its trainer, and dies with it."""
+    for sig in TRAINER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent()
+
+
+def die_with_parent() -> None:
     """Linux: the kernel kills this worker when the trainer dies, even while the worker is
     blocked inside a read (a hung pipe: URL, a stalled mount) where no Python check runs."""
     try:

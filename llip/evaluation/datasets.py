@@ -18,7 +18,7 @@ from PIL import Image
 from webdataset import tarfile_to_samples
 
 from llip.data import IMAGE_KEYS, caption_list
-from llip.data.stream import expand_sources, local_path
+from llip.data.stream import expand_sources, local_path, worker_init
 from llip.errors import ConfigError
 from llip.io import read_json
 
@@ -52,7 +52,7 @@ class _Files(torch.utils.data.Dataset):
 def _loader(items, transform, batch_size, workers, rank=0, world=1):
     return torch.utils.data.DataLoader(_Files(items[rank::world], transform),
                                        batch_size=batch_size, num_workers=workers,
-                                       shuffle=False)
+                                       shuffle=False, worker_init_fn=worker_init)
 
 
 def _require(path: str, entry) -> None:
@@ -137,13 +137,7 @@ class _Shards(torch.utils.data.IterableDataset):
 def _shard_loader(urls, entry, transform, target_key, batch_size, workers, rank, world):
     return torch.utils.data.DataLoader(
         _Shards(urls, entry, transform, target_key, rank, world), batch_size=batch_size,
-        num_workers=workers)
-
-
-def _label(sample, key: str) -> int:
-    if key not in sample:
-        raise ValueError(f"sample {sample.get('__key__')!r} has no '{key}' member")
-    return int(sample[key].decode("ascii").strip())  # e.g. .cls: the class index as text
+        num_workers=workers, worker_init_fn=worker_init)
 
 
 # ------------------------------------------------------------ classification

@@ -173,12 +173,11 @@ def score_images(model, batches, text_emb, scorers: dict, device="cpu", shard: S
     with inference_precision(device):
         for images, targets in lockstep(batches, shard, dummy, device):
             image_emb = model.encode_image(images.to(device, non_blocking=True))
-            logits = {tau: model.logits(image_emb, text_emb, tau).float() for tau in scorers}
-            if targets is None:  # a share that ran out keeps the others company
-                continue
-            encoded += len(images)
+            encoded += len(images) if targets is not None else 0
             for tau, scorer in scorers.items():
-                scorer.add(logits[tau], targets)
+                logits = model.logits(image_emb, text_emb, tau).float()
+                if targets is not None:  # (None: a share that ran out keeps the others company)
+                    scorer.add(logits, targets)
     for scorer in scorers.values():
         scorer.merge(shard)
     return encoded

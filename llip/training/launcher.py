@@ -1,5 +1,6 @@
-"""SLURM through submitit: an executor built from the config, the requeueable callable, and
-submission (the command is llip.submit).
+"""A run on SLURM through submitit: its executor (from the config), the requeueable callable,
+submission and the run's job record (the command is llip.submit; SLURM plumbing in
+llip.training.slurm).
 
 Preemption with sharded checkpoints: submitit calls `checkpoint()` on global rank 0 only, while a
 DCP save needs every rank. So `checkpoint()` saves nothing: it returns a fresh callable holding
@@ -12,7 +13,6 @@ import sys
 
 import submitit
 
-from llip.config import RunConfig
 from llip.errors import ConfigError
 from llip.io import atomic_write, read_text
 from llip.run_dir import job_id_path, path_of, submitit_dir
@@ -35,20 +35,6 @@ def submitit_folder(cfg) -> str:
     return submitit_dir(path_of(cfg))
 
 
-def slurm_parameters(cfg) -> dict:
-    """The sbatch settings a config asks for, in submitit's SlurmExecutor vocabulary."""
-    optional = {"partition": cfg.slurm_partition, "account": cfg.slurm_account,
-                "qos": cfg.slurm_qos, "constraint": cfg.slurm_constraint,
-                "comment": cfg.slurm_comment,
-                "mem": f"{cfg.slurm_mem_gb}GB" if cfg.slurm_mem_gb else "",
-                "gpus_per_node": cfg.gpus_per_node if cfg.slurm_gpus else 0}
-    return dict(
-        job_name=cfg.name, nodes=cfg.nodes, ntasks_per_node=cfg.gpus_per_node,
-        cpus_per_task=cfg.slurm_cpus_per_task, time=cfg.slurm_timeout_min,
-        signal_delay_s=cfg.slurm_signal_delay_s,
-        **{k: v for k, v in optional.items() if v})
-
-
 def make_executor(cfg, local: bool = False, python: str = "", hold: bool = False):
     """submitit's executor for a run: SLURM (or its local executor). `python`: the interpreter
     command of the job (a sweep's code snapshot); `hold`: submit held (`scontrol release`)."""
@@ -63,23 +49,14 @@ def make_executor(cfg, local: bool = False, python: str = "", hold: bool = False
         raise ConfigError("no SLURM on this machine (sbatch/srun not found): train with "
                           f"`python -m llip.main {cfg.name} ...`, or add --local to run through "
                           "submitit's local executor")
-    executor = submitit.SlurmExecutor(folder=folder, python=python or sys.executable)
-    executor.update_parameters(**slurm_parameters(cfg),
-                               **({"additional_parameters": {"hold": True}} if hold else {}))
-    return executor
+    return slurm.executor(folder, slurm.parameters(cfg), python, hold)
 
 
-def submit(executor, work):
-    """Submit `work` (a run's config, or another callable); a scheduler that refuses or cannot
-    be reached is one line, not a trace. A run's job id is recorded in its run dir."""
-    try:
-        job = executor.submit(SlurmTrainer(work) if isinstance(work, RunConfig) else work)
-    except submitit.core.utils.FailedJobError as exn:
-        lines = [line for line in str(exn).splitlines() if line.strip()]
-        raise ConfigError(f"sbatch failed: {lines[-1] if lines else exn} (is SLURM reachable? "
-                          "check SLURM_CONF and that slurmctld runs)") from None
-    if isinstance(work, RunConfig) and not isinstance(executor, submitit.LocalExecutor):
-        record_job(work, job.job_id)
+def submit_run(executor, cfg):
+    """Submit the run's Trainer; its job id is recorded in its run dir (SLURM)."""
+    job = slurm.submit(executor, SlurmTrainer(cfg))
+    if not isinstance(executor, submitit.LocalExecutor):
+        record_job(cfg, job.job_id)
     return job
 
 
@@ -88,7 +65,7 @@ def sbatch_script(cfg) -> str:
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls
     folder = submitit_folder(cfg)
     command = f"{sys.executable} -u -m submitit.core._submit {folder}"
-    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(cfg))
+    return _make_sbatch_string(command=command, folder=folder, **slurm.parameters(cfg))
 
 
 def live_job(cfg):

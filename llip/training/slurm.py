@@ -1,18 +1,63 @@
-"""SLURM seen from outside a job: the states it reports for job ids, whether a job still
-lives, and cancelling. The one definition of a live job, for the run lock (llip.training.claim),
-the launcher (a second submission into a run dir with a live job is refused), sweeps and the
-status board (llip.status)."""
+"""SLURM from outside a job: submitting (submitit executors built from sbatch settings), the
+states it reports for job ids, whether a job still lives, and cancelling. The one definition of
+a live job, for the run lock (llip.training.claim), the launcher (a second submission into a run
+dir with a live job is refused), sweeps and the status board (llip.status)."""
 from __future__ import annotations
 
 import dataclasses
 import re
 import shutil
 import subprocess
+import sys
 
-# squeue states of a job that is queued, running or coming back (a requeued or held job)
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
-                         "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "STOPPED"})
+import submitit
+
+from llip.errors import ConfigError
+
+# SLURM's states of a job that is queued, running or coming back, as the status board names them
+LIVE = {"PENDING": "pending", "SUSPENDED": "pending", "STOPPED": "pending",
+        "REQUEUED": "requeued", "REQUEUE_HOLD": "requeued", "REQUEUE_FED": "requeued",
+        "RUNNING": "running", "COMPLETING": "running", "CONFIGURING": "running",
+        "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running"}
+LIVE_STATES = frozenset(LIVE)
 TIMEOUT_S = 30
+
+
+# ---------------------------------------------------------------- submitting
+def parameters(cfg) -> dict:
+    """The sbatch settings a config asks for, in submitit's SlurmExecutor vocabulary."""
+    optional = {"partition": cfg.slurm_partition, "account": cfg.slurm_account,
+                "qos": cfg.slurm_qos, "constraint": cfg.slurm_constraint,
+                "comment": cfg.slurm_comment,
+                "mem": f"{cfg.slurm_mem_gb}GB" if cfg.slurm_mem_gb else "",
+                "gpus_per_node": cfg.gpus_per_node if cfg.slurm_gpus else 0}
+    return dict(
+        job_name=cfg.name, nodes=cfg.nodes, ntasks_per_node=cfg.gpus_per_node,
+        cpus_per_task=cfg.slurm_cpus_per_task, time=cfg.slurm_timeout_min,
+        signal_delay_s=cfg.slurm_signal_delay_s,
+        **{k: v for k, v in optional.items() if v})
+
+
+def executor(folder: str, params: dict, python: str = "", hold: bool = False):
+    """submitit's SlurmExecutor with these sbatch settings; `python`: the job's interpreter
+    command (a sweep's code snapshot); `hold`: submit held (`scontrol release` starts it)."""
+    found = submitit.SlurmExecutor(folder=folder, python=python or sys.executable)
+    found.update_parameters(**params,
+                            **({"additional_parameters": {"hold": True}} if hold else {}))
+    return found
+
+
+def submit(executor, fn):
+    """Submit a callable; a scheduler that refuses or cannot be reached is one line."""
+    try:
+        return executor.submit(fn)
+    except submitit.core.utils.FailedJobError as exn:
+        lines = [line for line in str(exn).splitlines() if line.strip()]
+        raise ConfigError(f"sbatch failed: {lines[-1] if lines else exn} (is SLURM reachable? "
+                          "check SLURM_CONF and that slurmctld runs)") from None
+
+
+# ---------------------------------------------------------------- asking
 
 
 def squeue_states(job_id: str) -> set[str] | None:

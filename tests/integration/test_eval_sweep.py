@@ -9,10 +9,10 @@ import os
 import torch
 import yaml
 
-from evals.results import checkpoint_id
 from helpers import REPO, digits_batches, run_cli, write_catalog
 from llip.data import tokenizer_for
 from llip.data.synthetic.digits import CLASSNAMES, EVAL_TEMPLATES
+from llip.evaluation.results import checkpoint_id
 from llip.evaluation.zeroshot import class_embeddings, classify
 from llip.io import read_json, read_text
 from llip.loading import load_model, save_export

@@ -1,4 +1,6 @@
-"""The SLURM path on a real two-node SLURM cluster started by the tests on this machine.
+"""The SLURM path on a real two-node SLURM cluster started by the tests on this machine (a
+preempted job that requeues and resumes each step once is tested on a sweep's point, in
+test_sweep_slurm.py).
 
 Bounded waits everywhere: without an accounting daemon a job that dies early would leave
 submitit's `result()` waiting forever, so the tests poll squeue and files with deadlines.
@@ -44,30 +46,6 @@ def test_multi_process_training_on_slurm(slurm, digits, tmp_path, nodes, tasks):
     assert _steps(run_dir) == list(range(2, steps + 1, 2))
     model, cfg, step = load_model(str(run_dir))  # sharded at 2 ranks, loaded at world size 1
     assert step == steps and cfg.nodes == nodes
-
-
-def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_path):
-    import submitit
-    steps = 60
-    overrides = [f"train_num_samples={16 * steps}", "checkpoint_every=10", "log_every=1",
-                 "slurm_timeout_min=15"]
-    job_id = _submit(digits, tmp_path, *overrides)
-    run_dir = tmp_path / "llip_tiny"
-    folder = run_dir / "submitit"
-    first = run_dir / "checkpoints" / "step_00000010" / "COMPLETE"
-    wait_for(first.exists, 240, "the first checkpoint", folder)
-
-    again = run_cli("submitit_openclip.py", "llip_tiny", f"train_data={digits['train']}",
-                    f"logs={tmp_path}", *overrides)
-    assert again.returncode == 2 and f"already has live job {job_id}" in again.stderr
-
-    submitit.SlurmJob(folder=folder, job_id=job_id)._interrupt()  # preemption: TERM + USR2
-    final = run_dir / "checkpoints" / f"step_{steps:08d}" / "COMPLETE"
-    wait_for(lambda: final.exists() and not queued(job_id), 400, "the requeued job to finish",
-          folder)
-    log = read_text(folder / f"{job_id}_0_log.out") + read_text(folder / f"{job_id}_0_log.err")
-    assert "resumed from" in log, log[-3000:]
-    assert _steps(run_dir) == list(range(1, steps + 1))  # every step exactly once
 
 
 def test_eval_sweep_runs_as_a_slurm_job_array(slurm, trained_clip, digits, tmp_path):

@@ -19,7 +19,10 @@ def test_a_frozen_copy_is_what_a_job_started_in_the_checkout_imports(tmp_path):
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                           text=True).stdout.strip()
     assert record["commit"] == head
-    if record["dirty"] and record["diff"]:
+    changes = subprocess.run(["git", "status", "--porcelain", "--", "llip", "evals"], cwd=REPO,
+                             capture_output=True, text=True).stdout
+    assert record["dirty"] == bool(changes.strip())  # CI's clean clone: False, no diff file
+    if record["diff"]:
         assert os.path.getsize(os.path.join(code, record["diff"])) > 0
     assert code_snapshot.freeze(code) == record  # an existing snapshot is kept as it is
     assert code_snapshot.changed_files(code) == []

@@ -6,7 +6,7 @@ import json
 # ------------------------------------------------------------ result files
 def _result(path, model="clip_demo", step=110, checkpoint="/r/a/clip_demo/checkpoints/"
             "step_00000110", loss="clip", taus=(None,)):
-    from evals.results import checkpoint_id
+    from llip.evaluation.results import checkpoint_id
     return {"id": checkpoint_id(checkpoint, step), "model": model, "loss": loss, "step": step,
             "checkpoint": checkpoint, "dataset": "digits", "task": "zeroshot_classification",
             "metric": "acc1", "n": 3, "by_tau": [{"eval_tau": t, "value": 0.5, "metrics":
@@ -14,7 +14,7 @@ def _result(path, model="clip_demo", step=110, checkpoint="/r/a/clip_demo/checkp
 
 
 def test_truncated_or_foreign_result_files_are_not_done(tmp_path):
-    from evals.results import missing_taus, read_result
+    from llip.evaluation.results import missing_taus, read_result
     path = tmp_path / "r.json"
     text = json.dumps(_result(path))
     path.write_text(text)
@@ -31,7 +31,7 @@ def test_truncated_or_foreign_result_files_are_not_done(tmp_path):
 
 
 def test_same_named_checkpoints_get_distinct_files_and_labels(tmp_path):
-    from evals.results import display_labels, result_path
+    from llip.evaluation.results import display_labels, result_path
     ckpts = ["/x/a/clip_demo/checkpoints/step_00000110", "/x/b/clip_demo/checkpoints/"
              "step_00000110", "/x/a/model.pt", "/x/b/model.pt"]
     results = [_result(None, checkpoint=c) for c in ckpts]

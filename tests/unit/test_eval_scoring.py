@@ -50,6 +50,7 @@ def test_retrieval_recall_on_hand_made_case():
 def test_accumulators_of_image_shares_merge_to_the_whole():
     """What the distributed eval relies on: summed counts and merged running top-k of two
     shares of the images equal one pass over all of them."""
+    from llip.evaluation.sharding import Shard
     from llip.evaluation.zeroshot import Classification, Retrieval
     torch.manual_seed(0)
     logits, labels = torch.randn(12, 4), torch.randint(0, 4, (12,))
@@ -57,7 +58,7 @@ def test_accumulators_of_image_shares_merge_to_the_whole():
     whole.add(logits, labels)
     parts[0].add(logits[:5], labels[:5])
     parts[1].add(logits[5:], labels[5:])
-    parts[0].sums += parts[1].sums
+    parts[0].merge(Shard(0, 2, sum=lambda t: t + parts[1].sums))  # rank 0's view of the merge
     assert parts[0].result() == whole.result()
     assert whole.result()["acc1"] == (logits.argmax(1) == labels).sum().item() / 12
 
@@ -67,9 +68,23 @@ def test_accumulators_of_image_shares_merge_to_the_whole():
     whole.add(scores, index)
     a.add(scores[::2], index[::2])  # rank 0's share
     b.add(scores[1::2], index[1::2])  # rank 1's share
-    a.sums += b.sums
-    a.keep_best(b.best_scores, b.best_images)
+    theirs = {torch.float32: b.best_scores, torch.int64: b.best_images}
+    a.merge(Shard(0, 2, sum=lambda t: t + b.sums,
+                  gather=lambda t: torch.stack([t, theirs[t.dtype]])))
     assert a.result() == whole.result()
+
+
+def test_lockstep_keeps_every_share_calling_the_model_until_all_are_done():
+    """A share with fewer batches scores dummies until the others are done (a sharded model's
+    forward is a collective); in one process the batches pass through as they are."""
+    from llip.evaluation.sharding import LOCAL, Shard, lockstep
+    batches = [(torch.ones(2, 3, 4, 4), torch.tensor([0, 1]))]
+    assert list(lockstep(batches, LOCAL, None, "cpu")) == batches
+    others = iter([1.0, 1.0, 1.0, 0.0])  # the other share has 3 batches
+    shard = Shard(0, 2, sum=lambda flag: flag + next(others))
+    seen = list(lockstep(batches, shard, lambda: torch.zeros(1, 3, 4, 4), "cpu"))
+    assert len(seen) == 3 and seen[0] is batches[0]
+    assert [targets for _, targets in seen[1:]] == [None, None]  # dummies carry no targets
 
 
 def test_templates_fill_only_c_and_labels_stay_within_class_names():

@@ -10,7 +10,6 @@ import pytest
 
 from evals import prompts
 from evals.aggregate import aggregate, tables
-from evals.results import checkpoint_id
 from llip.errors import ConfigError
 from llip.evaluation.catalog import (
     DEFAULT_CATALOG,
@@ -19,6 +18,7 @@ from llip.evaluation.catalog import (
     load_groups,
     validate_entry,
 )
+from llip.evaluation.results import checkpoint_id
 
 
 def test_metadata_is_a_verbatim_copy_of_clip_benchmarks_package_data():

@@ -80,7 +80,7 @@ def _run(root, name, job="", steps=(), checkpoint=None, total=8, log=""):
     ("7", (), None, "", "running", ""),
     ("3", (2,), None, "Traceback (most recent call last):\n  ...\nllip.errors.DataError: "
      "x.tar yielded no samples from 20 shard reads", "failed",
-     "llip.errors.DataError: x.tar yielded no samples from 20 shard reads"),
+     "x.tar yielded no samples from 20 shard reads"),  # the line, not the class
     ("4", (2, 4), 4, "error: training diverged: the mean loss of the last steps is nan at step "
      "6 (lr=0.1, warmup_steps=2); the newest checkpoint is the last good one (step 4)",
      "diverged", "training diverged: the mean loss of the last steps is nan at step 6"),
@@ -109,12 +109,16 @@ def test_cancelled_held_unknown_and_local_runs(tmp_path):
     local = _run(tmp_path, "e", steps=(2,))
     assert run_status(local).state == "failed"  # stopped, no process, no error line
     from llip.training.claim import RunLock
-    write_json(lock_path(local), RunLock(local).me)  # this process holds it: running
+    me = RunLock(local).me
+    write_json(lock_path(local), me)  # this process holds it: running
     assert run_status(local).state == "running"
+    # a holder on another host: judged by its SLURM job (here: the recorded cluster's)
+    write_json(lock_path(local), {**me, "host": "n2", "slurm_job_id": "2"})
+    assert run_status(local, _recorded("scontrol_sweep_running.txt")).state == "running"
     os.remove(lock_path(local))
     atomic_write(cancelled_path(local), "1\n")
     assert run_status(local).state == "cancelled"
-    assert run_status(str(tmp_path / "not-started")).state == "pending"
+    assert run_status(str(tmp_path / "not-started")).state == "not started"
 
 
 def test_find_runs_and_the_table(tmp_path):

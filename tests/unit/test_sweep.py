@@ -1,5 +1,9 @@
 """Sweeps in milliseconds: expansion (grid, zip), readable deterministic names, every point
 checked as a single run before anything happens, bad points refused in one line."""
+import dataclasses
+import json
+import os
+
 import pytest
 
 from llip.errors import ConfigError
@@ -90,3 +94,86 @@ def test_sweeps_kept_in_the_repo_expand():
         _, points = expand(Sweep(sweep.config, sweep.axes, sweep.zip, sweep.name,
                                  (*sweep.overrides, "train_data=x.tar"), sweep.evals))
         assert points, name
+
+
+def _point_dirs(tmp_path, n):
+    """A sweep of n seeds; its points' run dirs in the states a re-run meets."""
+    sweep = Sweep("llip_tiny", {"seed": [str(i) for i in range(n)]},
+                  overrides=(f"logs={tmp_path}", "train_data=x.tar"))
+    return sweep, *expand(sweep)
+
+
+def test_rerun_plan_restarts_failed_cancelled_and_new_points_only(tmp_path):
+    from llip.run_dir import (
+        cancelled_path,
+        checkpoint_dir,
+        metrics_path,
+        train_log,
+        write_config,
+        write_marker,
+    )
+    from llip.sweep import plan
+    _, _, points = _point_dirs(tmp_path, 5)
+    done, failed, diverged, cancelled, new = points
+    for point in (done, failed, diverged, cancelled):
+        os.makedirs(point.run_dir)
+        write_config(point.run_dir, point.cfg)
+    final = checkpoint_dir(done.run_dir, done.cfg.total_steps)
+    os.makedirs(final)
+    write_marker(final, {"step": done.cfg.total_steps})
+    with open(metrics_path(failed.run_dir), "w") as f:
+        f.write(json.dumps({"step": 4, "loss": 1.0}) + "\n")
+    with open(train_log(diverged.run_dir), "w") as f:
+        f.write("error: training diverged: the mean loss of the last steps is nan at step 8\n")
+    with open(cancelled_path(cancelled.run_dir), "w") as f:
+        f.write("1\n")
+    todo, counts = plan(points)
+    assert [p.name for p in todo] == [failed.name, cancelled.name, new.name]
+    assert counts == {"completed": 1, "failed": 1, "diverged": 1, "cancelled": 1,
+                      "not started": 1}
+
+
+def test_rerun_refusals_a_changed_config_and_a_silent_controller(tmp_path, monkeypatch):
+    from llip.run_dir import job_id_path, submitit_dir, write_config
+    from llip.sweep import check_same_config, plan
+    _, _, points = _point_dirs(tmp_path, 2)
+    os.makedirs(points[0].run_dir)
+    write_config(points[0].run_dir, dataclasses.replace(points[0].cfg, lr=0.5))
+    with pytest.raises(ConfigError, match=r"holds a run with another config \(lr 0.5 -> 0.001"):
+        check_same_config(points[0])
+    check_same_config(points[1])  # no run there yet: fine
+    os.makedirs(submitit_dir(points[1].run_dir))
+    with open(job_id_path(points[1].run_dir), "w") as f:
+        f.write("77")
+    monkeypatch.setattr("llip.training.slurm.job_states", lambda ids: None)  # controller down
+    with pytest.raises(ConfigError, match="SLURM controller does not answer"):
+        plan(points)
+
+
+def test_the_record_keeps_points_and_evals_across_commands(tmp_path):
+    from llip.sweep import record
+    sweep, sweep_dir, points = _point_dirs(tmp_path, 2)
+    first = record(dataclasses.replace(sweep, evals=str(tmp_path / "e.yaml")), sweep_dir,
+                   points, "local")
+    os.makedirs(sweep_dir)
+    with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
+        json.dump(first, f)
+    wider = dataclasses.replace(sweep, axes={"seed": ["1", "2"]})
+    _, more = expand(wider)
+    second = record(wider, sweep_dir, more, "slurm")
+    assert [p["name"] for p in second["points"]] == ["llip_tiny-seed0", "llip_tiny-seed1",
+                                                     "llip_tiny-seed2"]
+    assert second["axes"] == {"seed": ["0", "1", "2"]}
+    assert second["evals"] == str(tmp_path / "e.yaml")  # kept when the command omits it
+    assert second["created"] == first["created"] and second["launcher"] == "slurm"
+
+
+def test_cancel_marks_points_not_started_so_a_local_sweep_skips_them(tmp_path):
+    from llip.run_dir import cancelled_path
+    from llip.status import cancel, run_status
+    _, sweep_dir, points = _point_dirs(tmp_path, 2)
+    rows = [run_status(p.run_dir) for p in points]
+    assert [r.state for r in rows] == ["not started", "not started"]
+    assert cancel(sweep_dir, rows) == 2
+    assert all(os.path.exists(cancelled_path(p.run_dir)) for p in points)
+    assert [run_status(p.run_dir).state for p in points] == ["cancelled", "cancelled"]

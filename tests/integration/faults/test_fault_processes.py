@@ -2,7 +2,9 @@
 SIGKILL (its DataLoader workers must die with it, its lock must be taken over, the run must
 resume), a mix with a source that yields nothing, and a 2-rank torchrun resume that finds the
 newest checkpoint corrupt in a file only rank 1 verifies."""
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -86,6 +88,14 @@ def test_killed_trainer_takes_its_workers_along_and_its_lock_is_taken_over(digit
         # 2 workers, more while a restarted stream's workers replace the old ones
         workers = set(_children(trainer.pid))
         assert len(workers) >= 2, workers
+        # SLURM signals every process of a job before it stops it: the workers leave those
+        # signals to the trainer (one dying of them would make torch raise mid-requeue)
+        for worker in workers:
+            for sig in (signal.SIGTERM, signal.SIGUSR2):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, sig)
+        time.sleep(2)
+        assert trainer.poll() is None, trainer.stderr.read()[-2000:]
 
         second = run_cli(*args, "epochs=1000")  # the same run, launched again meanwhile
         assert_one_error(second, f"in use by pid {trainer.pid} on host")

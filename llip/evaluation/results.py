@@ -1,4 +1,6 @@
-"""Result files of eval tasks: names that cannot collide, validation on read, readable labels.
+"""The result store of eval tasks (`<output_dir>/results/*.json`, the store of evals.main_mc,
+of a sweep's follower and of the status board): names that cannot collide, validation on read,
+readable labels.
 
 One JSON per (checkpoint, dataset) task, written atomically:
     {"id", "label", "model", "loss", "step", "checkpoint", "dataset", "task", "split", "metric",
@@ -10,6 +12,7 @@ temperature, all scored from the same image embeddings; CLIP/SigLIP have one ent
 eval_tau null. A file that does not parse or lacks a key (a torn write, a foreign file) is not a
 result: the task counts as not done and runs again.
 """
+import glob
 import hashlib
 import json
 import os
@@ -26,9 +29,16 @@ def checkpoint_id(path: str, step) -> str:
     return hashlib.sha256(f"{path}\n{step}".encode()).hexdigest()[:10]
 
 
+RESULTS = "results"
+
+
 def result_path(output_dir: str, label: str, dataset: str, ckpt_id: str) -> str:
     name = re.sub(r"[^\w.@=-]", "_", f"{label}__{dataset}__{ckpt_id}")
-    return os.path.join(output_dir, "results", name + ".json")
+    return os.path.join(output_dir, RESULTS, name + ".json")
+
+
+def result_files(output_dir: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(output_dir, RESULTS, "*.json")))
 
 
 def tau_key(tau):
