@@ -28,8 +28,8 @@ import tempfile
 
 from llip.data.synthetic.digits import build
 from llip.io import read_text
-from llip.run_dir import metrics_path
 from llip.run_configs import resolve
+from llip.run_dir import metrics_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
