@@ -118,8 +118,8 @@ def released_state_dict(model) -> dict:
             out[renamed[name]] = t
         elif name in as_x_at_w:
             out[as_x_at_w[name]] = t.T.contiguous()
-        elif name.startswith("head.") and "_norm." in name:
-            out[name[len("head."):]] = t
+        elif name.startswith("head.") and "_norm." in name:  # head.k_norm.weight -> K_norm.weight
+            out[name[len("head."):].capitalize()] = t
         elif name in ("head.logit_scale", "head.logit_bias"):
             out[name[len("head."):]] = t.reshape(())
         else:
