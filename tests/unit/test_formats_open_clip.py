@@ -1,5 +1,8 @@
 """open_clip's files in and out: a starting point for training (init_from), an export that
 open_clip loads with equal embeddings, open_clip models as eval subjects."""
+import os
+import stat
+
 import open_clip
 import pytest
 import torch
@@ -124,7 +127,13 @@ def test_export_to_open_clip_loads_with_equal_embeddings(tmp_path, name, suffix)
 
     # llip format as safetensors: config and step ride in the metadata
     again = tmp_path / "again.safetensors"
-    export(path, str(again))
+    umask = os.umask(0o022)
+    try:
+        export(path, str(again))
+    finally:
+        os.umask(umask)
+    # others' jobs read exports: the mode of any new file (safetensors writes its own 0600)
+    assert stat.S_IMODE(os.stat(again).st_mode) == 0o644
     loaded, loaded_cfg, step = load_model(str(again))
     assert loaded_cfg == cfg and step == 7
     for a, b in zip(model_scores(model, cfg), model_scores(loaded, cfg)):
@@ -159,8 +168,6 @@ def test_open_clip_model_as_eval_subject(tiny_open_clip, tmp_path):
 
 
 def test_shipped_released_sweep_names_existing_open_clip_models_and_tags():
-    import os
-
     from evals.sweep_file import load_sweep
     sweep = load_sweep(os.path.join(os.path.dirname(__file__), "..", "..", "config_evals",
                                     "released_and_baselines.yaml"))
