@@ -136,15 +136,19 @@ def _load_release(path: str, blob, device, config: str):
     return model.to(device).eval(), cfg, int(epoch) * cfg.steps_per_epoch
 
 
-def checkpoint_info(path: str) -> tuple[RunConfig, int, bool]:
+def checkpoint_info(path: str, config: str = "") -> tuple[RunConfig, int, bool]:
     """(config, step, whether it is ours) of a checkpoint dir or file. Cheap for ours
     (config.yaml and COMPLETE of a checkpoint dir, a memory-mapped export); a foreign file (a
-    released Llip checkpoint) is loaded once: the loader's own answer for its config and step."""
-    if os.path.isfile(path):
-        blob = read_weights(path)
+    released Llip checkpoint, in `config` if named) is loaded once: the loader's own answer for
+    its config and step. Ours carry their config: naming one is refused."""
+    blob = read_weights(path) if os.path.isfile(path) else None
+    if config and (blob is None or ours.matches(blob)):
+        raise ConfigError(f"{path} carries its own config: 'config: {config}' names the config "
+                          "of a released Llip file only")
+    if blob is not None:
         if ours.matches(blob):
             return from_dict(blob["config"]), int(blob.get("step", 0)), True
-        _, cfg, step = load_model(path)
+        _, cfg, step = load_model(path, config=config)
         return cfg, step, False
     return read_config(path), step_of(path), True
 

@@ -8,10 +8,10 @@ import os
 import pandas as pd
 import pytest
 
-from evals import prompts
 from evals.aggregate import aggregate, tables
 from evals.results import checkpoint_id
 from llip.errors import ConfigError
+from llip.evaluation import prompts
 from llip.evaluation.catalog import (
     DEFAULT_CATALOG,
     expand_names,
