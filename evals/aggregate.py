@@ -1,7 +1,10 @@
 """Results -> pandas tables and a plot. python -m evals.aggregate <output_dir | sweep dir>
 
 long:  one row per (model, step, dataset, eval tau, metric), with the checkpoint path and id
-wide:  rows = checkpoints (model, step[, tau]), columns = datasets (main metric), then
+wide:  rows = checkpoints (model, step[, tau]), columns = datasets (one metric each: the
+       catalog's main metric; a row that lacks it, e.g. a CLIP_benchmark recall@5 where the
+       catalog says recall@10, gets its own column "<dataset> [<metric>]"; the Markdown names
+       every column's metric), then
        average            the mean over the datasets that row has results for (so it changes
                           meaning with the datasets evaluated), and for each dataset group of the
        average_<group>    catalogs: the mean over exactly the group's datasets, empty unless the
@@ -10,6 +13,8 @@ The model column is the run name, extended by a path tail where two checkpoints 
 Written as CSV and Markdown next to the results, plus a PNG of each main metric vs step.
 CLIP_benchmark result JSON files (in <output_dir>/external/ or given with --clip-benchmark) join
 the tables as rows labelled "<model> <pretrained>" with no step.
+The catalogs (main metrics, groups) are the sweep's: evals.main_mc records them in
+<output_dir>/catalogs.json, so a re-aggregation writes the same tables (--catalog overrides).
 A sweep dir (llip.sweep) gives its result store's tables plus the sweep's own, with each axis in
 its own column (evals.sweep_table).
 """
@@ -26,9 +31,9 @@ from evals.results import long_rows, read_result
 from evals.sweep_file import load_sweep
 from llip.cli import cli
 from llip.errors import ConfigError
-from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
+from llip.evaluation.catalog import DEFAULT_CATALOG, expand, load_catalogs, load_groups
 from llip.follow import store
-from llip.io import atomic_write
+from llip.io import atomic_write, read_json, write_json
 from llip.run_dir import is_sweep_dir
 from llip.sweep import read_record
 
@@ -51,19 +56,39 @@ def read_results(output_dir: str, external=(), catalog=None) -> list[dict]:
     return found
 
 
-def tables(results: list[dict], groups=None):
+def column_metrics(results: list[dict], catalog=None) -> dict:
+    """dataset -> the metric of its column: the catalog's main metric, else the one most of
+    the results have (ours before CLIP_benchmark's)."""
+    found = {}
+    for r in sorted(results, key=lambda r: r.get("source") == "clip_benchmark"):
+        found.setdefault(r["dataset"], []).append(r["metric"])
+    return {dataset: (catalog or {}).get(dataset, {}).get("metric") or
+            max(metrics, key=metrics.count) for dataset, metrics in found.items()}
+
+
+def column_of(dataset: str, metric: str, metrics: dict) -> str:
+    return dataset if metric == metrics[dataset] else f"{dataset} [{metric}]"
+
+
+def tables(results: list[dict], groups=None, catalog=None):
+    """(long, wide) tables; `catalog` gives each dataset column its metric (column_metrics)."""
     long = pd.DataFrame(long_rows(results))
     long["step"] = long["step"].astype("Int64")  # public models' results have no step
     long = long.sort_values(["model", "step", "eval_tau", "dataset", "metric"])
-    main = long[long["main"]]
-    wide = main.groupby([*INDEX, "dataset"], dropna=False)["value"].first().unstack("dataset")
+    main = long[long["main"]].copy()
+    metrics = column_metrics(results, catalog)
+    main["column"] = [column_of(d, m, metrics) for d, m in zip(main["dataset"], main["metric"])]
+    wide = main.groupby([*INDEX, "column"], dropna=False)["value"].first().unstack("column")
     wide.columns.name = None
     datasets = list(wide.columns)
     wide["average"] = wide[datasets].mean(axis=1)
     for name, members in (groups or {}).items():
         if any(m in datasets for m in members):  # NaN unless the row has every member
             wide[f"average_{name}"] = wide.reindex(columns=members).mean(axis=1, skipna=False)
-    return long.reset_index(drop=True), wide.reset_index()
+    wide = wide.reset_index()
+    wide.attrs["metrics"] = {c: metrics[c] if c in metrics else c.split(" [")[1][:-1]
+                             for c in datasets}  # column -> its metric, for the legend
+    return long.reset_index(drop=True), wide
 
 
 def plot(long: pd.DataFrame, path: str) -> None:
@@ -92,13 +117,29 @@ def plot(long: pd.DataFrame, path: str) -> None:
 
 
 def legend(wide: pd.DataFrame, groups: dict) -> str:
-    """What the average columns of `wide` mean, in words, for under the table."""
-    lines = ["average: mean main metric over the datasets each row has results for"]
+    """What every column of `wide` holds, in words, for under the table."""
+    lines = ["columns (one metric each): " + ", ".join(
+        f"{column} = {metric}" for column, metric in wide.attrs.get("metrics", {}).items()),
+             "average: mean main metric over the datasets each row has results for"]
     for name, members in groups.items():
         if f"average_{name}" in wide.columns:
             lines.append(f"average_{name}: mean over all {len(members)} datasets of group "
                          f"'{name}' ({', '.join(members)}); empty where any is missing")
     return "\n".join(lines)
+
+
+CATALOGS_FILE = "catalogs.json"  # in an output dir: the catalogs of the sweep that wrote it
+
+
+def record_catalogs(output_dir: str, catalogs) -> None:
+    """Keep the sweep's catalogs beside its results, for re-aggregations."""
+    write_json(os.path.join(output_dir, CATALOGS_FILE),
+               {"catalogs": [os.path.abspath(expand(c)) for c in catalogs]}, indent=1)
+
+
+def recorded_catalogs(output_dir: str):
+    path = os.path.join(output_dir, CATALOGS_FILE)
+    return read_json(path)["catalogs"] if os.path.isfile(path) else None
 
 
 def aggregate(output_dir: str, groups=None, external=(), catalog=None) -> pd.DataFrame:
@@ -108,7 +149,15 @@ def aggregate(output_dir: str, groups=None, external=(), catalog=None) -> pd.Dat
         groups = load_groups([DEFAULT_CATALOG])
     if catalog is None:
         catalog = load_catalogs([DEFAULT_CATALOG])
-    long, wide = tables(read_results(output_dir, external, catalog), groups)
+    results = read_results(output_dir, external, catalog)
+    long, wide = tables(results, groups, catalog)
+    metrics = column_metrics(results, catalog)
+    for column, metric in wide.attrs["metrics"].items():
+        if " [" in column:
+            dataset = column.split(" [")[0]
+            print(f"note: {dataset}: some rows have {metric}, not the column's "
+                  f"{metrics[dataset]}: they are in column '{column}' (CLIP_benchmark's "
+                  "--recall_k 1 5 10 gives every k)")
     os.makedirs(output_dir, exist_ok=True)
     long.to_csv(os.path.join(output_dir, "results_long.csv"), index=False)
     wide.to_csv(os.path.join(output_dir, "results_wide.csv"), index=False)
@@ -128,12 +177,12 @@ def main(argv=None) -> int:
     parser.add_argument("output_dir")
     parser.add_argument("--catalog", action="append", default=None,
                         help="catalog(s) whose dataset groups get an average_<group> column and "
-                        "whose main metrics apply to CLIP_benchmark results (default: llip/"
-                        "evaluation/dataset_catalog.json)")
+                        "whose main metrics name the columns (default: the sweep's, recorded "
+                        "in OUTPUT_DIR/catalogs.json, else llip/evaluation/dataset_catalog.json)")
     parser.add_argument("--clip-benchmark", action="append", default=[], metavar="PATH",
                         help="CLIP_benchmark result JSON file or folder (repeatable)")
     args = parser.parse_args(argv)
-    catalogs = args.catalog or [DEFAULT_CATALOG]
+    catalogs = args.catalog or recorded_catalogs(args.output_dir) or [DEFAULT_CATALOG]
     sweep_dir, record = None, None
     if is_sweep_dir(args.output_dir):
         sweep_dir, record = args.output_dir, read_record(args.output_dir)
