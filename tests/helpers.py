@@ -262,3 +262,35 @@ def write_release_catalog(folder, entries, labels, templates,
         with open(os.path.join(str(folder), file), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=4)
     return os.path.join(str(folder), name)
+
+
+# The demo's prompts as the release writes templates (templates.json: "{}" placeholders).
+RELEASE_TEMPLATES = ["a handwritten digit {}", "the number {}, written by hand"]
+
+
+def release_digits_catalog(tmp_path, digits) -> str:
+    """The held-out digits as the release's catalog would list them: MNIST ("special": torchvision
+    reads <path>/MNIST/raw), an imagefolder with train/test sub-folders named by class, and
+    entries that must fail on their own: CIFAR10 with no files, Food101 without its 'test'
+    field, MITStates (special, a class of the release's own), CLEVRCounts (its .npy filelist)."""
+    from llip.data.synthetic.digits import CLASSNAMES
+    samples = digit_test_images(digits)
+    mnist = write_mnist(tmp_path / "mnist", samples)
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "digits_folder" / split, samples, CLASSNAMES)
+    (tmp_path / "cifar10").mkdir()
+    entries = {
+        "MNIST": {"path": mnist, "type": "special"},
+        "Digits": {"path": str(tmp_path / "digits_folder"), "type": "imagefolder",
+                   "train": "train", "test": "test"},
+        "CIFAR10": {"path": str(tmp_path / "cifar10"), "type": "special"},
+        "Food101": {"path": str(tmp_path / "food101"), "type": "imagefolder", "train": "train"},
+        "MITStates": {"path": str(tmp_path / "mit"), "type": "special"},
+        "CLEVRCounts": {"path": str(tmp_path / "clevr"), "type": "filelist", "train": "train",
+                        "test": "val"},
+    }
+    # labels.json lists each dataset's names in its label order: ImageFolder's is by folder name
+    labels = {"MNIST": CLASSNAMES, "Digits": sorted(CLASSNAMES), "CIFAR10": CLASSNAMES,
+              "Food101": ["apple pie"], "MITStates": ["a"], "CLEVRCounts": ["10", "3"]}
+    templates = {name: RELEASE_TEMPLATES for name in labels}
+    return write_release_catalog(tmp_path / "clipeval", entries, labels, templates)

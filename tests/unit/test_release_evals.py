@@ -10,13 +10,12 @@ import torch
 import yaml
 
 from helpers import (
-    digit_test_images,
-    write_image_folder,
-    write_mnist,
+    RELEASE_TEMPLATES,
+    release_digits_catalog,
     write_release_catalog,
 )
 from llip.data import transform_for
-from llip.data.synthetic.digits import CLASSNAMES, EVAL_TEMPLATES
+from llip.data.synthetic.digits import CLASSNAMES
 from llip.errors import ConfigError
 from llip.evaluation.catalog import load_catalogs
 from llip.evaluation.datasets import classification_batches
@@ -29,36 +28,6 @@ checkpoint_path: /path/to/logs/llip/llip_b16_k32_12_node/checkpoints/epoch_lates
 output_dir: ./logs/llip_b16_k32_12_node
 catalog_name: dataset_catalog_full.json
 """
-RELEASE_TEMPLATES = [t.replace("{c}", "{}") for t in EVAL_TEMPLATES]  # written as theirs are
-
-
-def release_digits_catalog(tmp_path, digits) -> str:
-    """The held-out digits as the release's catalog would list them: MNIST ("special": torchvision
-    reads <path>/MNIST/raw), an imagefolder with train/test sub-folders named by class, and
-    entries that must fail on their own: CIFAR10 with no files, Food101 without its 'test'
-    field, MITStates (special, a class of the release's own), CLEVRCounts (its .npy filelist)."""
-    samples = digit_test_images(digits)
-    mnist = write_mnist(tmp_path / "mnist", samples)
-    for split in ("train", "test"):
-        write_image_folder(tmp_path / "digits_folder" / split, samples, CLASSNAMES)
-    (tmp_path / "cifar10").mkdir()
-    entries = {
-        "MNIST": {"path": mnist, "type": "special"},
-        "Digits": {"path": str(tmp_path / "digits_folder"), "type": "imagefolder",
-                   "train": "train", "test": "test"},
-        "CIFAR10": {"path": str(tmp_path / "cifar10"), "type": "special"},
-        "Food101": {"path": str(tmp_path / "food101"), "type": "imagefolder", "train": "train"},
-        "MITStates": {"path": str(tmp_path / "mit"), "type": "special"},
-        "CLEVRCounts": {"path": str(tmp_path / "clevr"), "type": "filelist", "train": "train",
-                        "test": "val"},
-    }
-    # labels.json lists each dataset's names in its label order: ImageFolder's is by folder name
-    labels = {"MNIST": CLASSNAMES, "Digits": sorted(CLASSNAMES), "CIFAR10": CLASSNAMES,
-              "Food101": ["apple pie"], "MITStates": ["a"], "CLEVRCounts": ["10", "3"]}
-    templates = {name: RELEASE_TEMPLATES for name in labels}
-    return write_release_catalog(tmp_path / "clipeval", entries, labels, templates)
-
-
 def test_release_catalog_reads_its_datasets_and_fails_broken_ones_alone(tmp_path, digits):
     catalog = load_catalogs([release_digits_catalog(tmp_path, digits)])
     assert list(catalog) == ["MNIST", "Digits", "CIFAR10"]  # the entries that validate
