@@ -31,12 +31,12 @@ Entry fields:
 Top-level "_groups": {"name": [dataset, ...]} names dataset suites: a sweep may list a group in
 `datasets`, and the aggregated table has a column average_<group> over exactly its members.
 Other top-level keys starting with "_" are comments.
-
-The Llip release's catalogs (its dataset_catalog_full.json, with labels.json and templates.json
-beside it) are read as they are: see `release_entry`. A broken entry fails that dataset only:
-`load_catalogs` keeps its one-line error, raised when the dataset is asked for.
 A catalog is data: a `pipe:` path (a shell command) is refused unless the user opts in with
 `llip-eval --allow-pipe` (a catalog cannot opt itself in).
+
+A broken entry fails that dataset only: `load_catalogs` keeps its one-line error, raised when
+the dataset is asked for. The Llip release's catalogs (its dataset_catalog_full.json, with
+labels.json and templates.json beside it) are read as they are: see `release_entry`.
 """
 import json
 import os
@@ -244,7 +244,7 @@ def load_catalogs(paths, allow_pipe: bool = False) -> Catalog:
     for path in paths:
         path, raw = _read(path)
         base = os.path.dirname(os.path.abspath(path))
-        side = _SideFiles(base, path)
+        side = _SideFiles(base)
         for name, entry in raw.items():
             if name.startswith("_"):  # comments
                 continue
@@ -277,8 +277,8 @@ def is_release_entry(entry) -> bool:
 class _SideFiles:
     """labels.json / templates.json beside a release catalog, read once when first needed."""
 
-    def __init__(self, base_dir: str, catalog: str):
-        self.base_dir, self.catalog, self.read = base_dir, catalog, {}
+    def __init__(self, base_dir: str):
+        self.base_dir, self.read = base_dir, {}
 
     def __call__(self, file: str, where: str) -> dict:
         if file not in self.read:

@@ -230,21 +230,23 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
 
     # A broken catalog entry fails its own dataset (one line naming dataset, field and fix),
     # the other datasets asked for still run.
-    for changes, needle in [
-            ({"task": "zeroshot_classification", "format": "wds", "path": "x"},
-             "dataset 'broken': missing field 'metric'"),
-            ({"task": "classify", "format": "wds", "path": "x", "metric": "acc1"},
-             "dataset 'broken': task 'classify' must be one of"),
-            ({**broken, "templates": "no_such_file.txt"}, "dataset 'broken': templates file")]:
-        result = run_cli("-m", "evals.main_mc", "--fname", _sweep(
-            tmp_path, [trained_clip], write_catalog(tmp_path / "c2.json", digits,
-                                                    {"broken": changes}),
-            datasets=("digits", "broken")))
-        assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
-        failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
-        assert len(set(failed)) == 1 and failed[0].startswith("FAILED broken: catalog ") \
-            and needle in failed[0], result.stdout
-        assert "1 eval tasks, 1 already done" in result.stdout  # digits: done before, kept
+    broken_entries = {
+        "no_metric": ({"task": "zeroshot_classification", "format": "wds", "path": "x"},
+                      "missing field 'metric'"),
+        "bad_task": ({"task": "classify", "format": "wds", "path": "x", "metric": "acc1"},
+                     "task 'classify' must be one of"),
+        "no_file": ({**broken, "templates": "no_such_file.txt"}, "templates file")}
+    result = run_cli("-m", "evals.main_mc", "--fname", _sweep(
+        tmp_path, [trained_clip], write_catalog(tmp_path / "c2.json", digits, {
+            name: entry for name, (entry, _) in broken_entries.items()}),
+        datasets=("digits", *broken_entries)))
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    failed = sorted({line for line in result.stdout.splitlines() if line.startswith("FAILED")})
+    assert len(failed) == 3, result.stdout
+    for line, (name, (_, needle)) in zip(failed, sorted(broken_entries.items())):
+        assert line.startswith(f"FAILED {name}: catalog ") and \
+            f"dataset '{name}': {needle}" in line, line
+    assert "1 eval tasks, 1 already done" in result.stdout  # digits: done before, kept
 
     bad_yaml = _sweep(tmp_path, [trained_clip], catalog, datasets=("digitz",))
     cases = [

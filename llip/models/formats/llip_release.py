@@ -48,6 +48,7 @@ _HEAD_OUT = {}
 for _released, (_ours, _transpose) in HEAD.items():
     _HEAD_OUT.setdefault(_ours, (_released, _transpose))
 
+
 def matches(sd: dict) -> bool:
     return "visual.class_embedding" in sd and "k_proj" in sd
 
