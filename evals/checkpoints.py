@@ -132,7 +132,8 @@ def expand(entries) -> list:
 
 
 def load(checkpoint: Checkpoint, device):
-    return LOADERS[checkpoint.kind](checkpoint.path, device, config=checkpoint.config)
+    named = {"config": checkpoint.config} if checkpoint.config else {}  # a released file's
+    return LOADERS[checkpoint.kind](checkpoint.path, device, **named)
 
 
 LOADERS = {"llip": load_model, "openclip": load_model}
