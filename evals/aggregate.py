@@ -27,13 +27,13 @@ import pandas as pd
 
 from evals import sweep_table
 from evals.interop import read_clip_benchmark
-from evals.results import long_rows, read_result
+from evals.results import long_rows, read_result, recorded_catalogs
 from evals.sweep_file import load_sweep
 from llip.cli import cli
 from llip.errors import ConfigError
-from llip.evaluation.catalog import DEFAULT_CATALOG, expand, load_catalogs, load_groups
+from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs, load_groups
 from llip.follow import store
-from llip.io import atomic_write, read_json, write_json
+from llip.io import atomic_write
 from llip.run_dir import is_sweep_dir
 from llip.sweep import read_record
 
@@ -126,20 +126,6 @@ def legend(wide: pd.DataFrame, groups: dict) -> str:
             lines.append(f"average_{name}: mean over all {len(members)} datasets of group "
                          f"'{name}' ({', '.join(members)}); empty where any is missing")
     return "\n".join(lines)
-
-
-CATALOGS_FILE = "catalogs.json"  # in an output dir: the catalogs of the sweep that wrote it
-
-
-def record_catalogs(output_dir: str, catalogs) -> None:
-    """Keep the sweep's catalogs beside its results, for re-aggregations."""
-    write_json(os.path.join(output_dir, CATALOGS_FILE),
-               {"catalogs": [os.path.abspath(expand(c)) for c in catalogs]}, indent=1)
-
-
-def recorded_catalogs(output_dir: str):
-    path = os.path.join(output_dir, CATALOGS_FILE)
-    return read_json(path)["catalogs"] if os.path.isfile(path) else None
 
 
 def aggregate(output_dir: str, groups=None, external=(), catalog=None) -> pd.DataFrame:

@@ -16,7 +16,7 @@ import sys
 import time
 
 from evals import checkpoints, results
-from evals.aggregate import aggregate, record_catalogs
+from evals.aggregate import aggregate
 from evals.runner import run_task, task_name
 from evals.sweep_file import SweepConfig, load_sweep
 from llip.cli import cli
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     failures += run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
         run_local(todo)
     print()
-    record_catalogs(sweep.output_dir, sweep.catalogs)
+    results.record_catalogs(sweep.output_dir, sweep.catalogs)
     if not args.no_aggregate and any(results.read_result(t["output"]) for t in tasks):
         aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs),
                   catalog=load_catalogs(sweep.catalogs, args.allow_pipe))

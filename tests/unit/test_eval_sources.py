@@ -149,7 +149,7 @@ def test_one_metric_per_column_and_the_same_table_when_aggregated_again(tmp_path
     the sweep wrote is the table a plain re-aggregation writes (the sweep's catalogs and
     groups recorded beside the results)."""
     from evals.aggregate import main as aggregate_main
-    from evals.aggregate import record_catalogs
+    from evals.results import record_catalogs
     catalog = tmp_path / "catalog.json"
     entry = {"task": "retrieval", "format": "json", "path": "x.json",
              "metric": "image_retrieval_recall@10"}
