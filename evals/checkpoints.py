@@ -3,9 +3,10 @@ what its result is keyed by (absolute path, step, id) and labelled by (run name,
 
 An entry is a string (an export, a released Llip file, a checkpoint dir, a run dir or a glob of
 those) or a mapping of one of the FORMS below: {path: ..., all: true} for every checkpoint of a
-run, {openclip: NAME, pretrained: PATH_OR_TAG} for an open_clip model. A new form adds its
-fields to FORMS and a function to EXPANDERS that turns an entry into `Checkpoint`s; LOADERS maps
-a checkpoint's `kind` to the function that loads it for the runner.
+run, {path: released.pt, config: NAME} for a released Llip file in a named config (else chosen
+from its shapes), {openclip: NAME, pretrained: PATH_OR_TAG} for an open_clip model. A new form
+adds its fields to FORMS and a function to EXPANDERS that turns an entry into `Checkpoint`s;
+LOADERS maps a checkpoint's `kind` to the function that loads it for the runner.
 """
 import dataclasses
 import glob
@@ -24,10 +25,12 @@ class Checkpoint:
     step: int
     loss: str
     kind: str = "llip"  # key of LOADERS
+    config: str = ""  # a released Llip file's config, when the sweep names one
 
     @property
-    def id(self) -> str:
-        return checkpoint_id(self.path, self.step)
+    def id(self) -> str:  # a named config is part of what the result is of
+        return checkpoint_id(self.path + (f"\nconfig={self.config}" if self.config else ""),
+                             self.step)
 
     @property
     def label(self) -> str:
@@ -43,7 +46,7 @@ class Unreadable:
 
 
 # mapping forms: the key that names the form -> {field: (type, required)}
-FORMS = {"path": {"path": (str, True), "all": (bool, False)},
+FORMS = {"path": {"path": (str, True), "all": (bool, False), "config": (str, False)},
          "openclip": {"openclip": (str, True), "pretrained": (str, False)}}
 
 
@@ -75,18 +78,18 @@ def validate_form(entry: dict, form: str, where: str) -> dict:
     return {"all": False, **entry} if form == "path" else dict(entry)
 
 
-def checkpoint_of(path: str):
+def checkpoint_of(path: str, config: str = ""):
     """A checkpoint path -> Checkpoint, or Unreadable with the reason (llip.loading's
     checkpoint_info: cheap for ours). Our checkpoints are labelled by their run name; a foreign
-    file (a released Llip checkpoint) by its file name."""
+    file (a released Llip checkpoint, in `config` if named) by its file name."""
     path = os.path.abspath(path)
     try:
-        cfg, step, ours = checkpoint_info(path)
+        cfg, step, ours = checkpoint_info(path, config)
     except (UserError, OSError, ValueError, KeyError, TypeError) as exn:
         return Unreadable(path, str(exn) if isinstance(exn, UserError)
                           else f"{type(exn).__name__}: {exn}")
     name = cfg.name if ours else os.path.splitext(os.path.basename(path))[0]
-    return Checkpoint(path, name, step, cfg.loss)
+    return Checkpoint(path, name, step, cfg.loss, config=config)
 
 
 def _expand_path(entry) -> list:
@@ -97,7 +100,7 @@ def _expand_path(entry) -> list:
     found = []
     for path in matches:
         if os.path.isfile(path) or is_complete(path):
-            found.append(checkpoint_of(path))
+            found.append(checkpoint_of(path, entry.get("config", "")))
         elif not complete_checkpoints(path):
             found.append(Unreadable(os.path.abspath(path), "no complete checkpoint here: give "
                                     "a run dir, a checkpoints/step_* dir or an exported .pt"))
@@ -129,7 +132,8 @@ def expand(entries) -> list:
 
 
 def load(checkpoint: Checkpoint, device):
-    return LOADERS[checkpoint.kind](checkpoint.path, device)
+    named = {"config": checkpoint.config} if checkpoint.config else {}  # a released file's
+    return LOADERS[checkpoint.kind](checkpoint.path, device, **named)
 
 
 LOADERS = {"llip": load_model, "openclip": load_model}

@@ -28,10 +28,11 @@ from llip.evaluation.evaluators import EVALUATORS
 
 
 def datasets_of(sweep: SweepConfig, allow_pipe: bool = False):
-    """-> (the merged catalog, the names of the sweep's datasets), every name checked."""
+    """-> (the merged catalog, the names of the sweep's datasets), every name checked; a name
+    whose catalog entry is broken is kept: its tasks fail, the others run."""
     catalog = load_catalogs(sweep.catalogs, allow_pipe)
     groups = load_groups(sweep.catalogs)
-    names = list(catalog) if sweep.datasets == "all" else \
+    names = catalog.names() if sweep.datasets == "all" else \
         expand_names(sweep.datasets, catalog, groups)
     for name in names:
         if name not in catalog:
@@ -42,9 +43,12 @@ def datasets_of(sweep: SweepConfig, allow_pipe: bool = False):
 
 def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
     """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
-    checkpoint that cannot be read (its tasks cannot run; the others still do)."""
+    checkpoint that cannot be read and per dataset whose catalog entry is broken (their tasks
+    cannot run; the others still do)."""
     catalog, names = datasets_of(sweep, allow_pipe)
-    tasks, failures = [], []
+    failures = [(name, str(catalog.broken[name])) for name in names if name in catalog.broken]
+    names = [name for name in names if name not in catalog.broken]
+    tasks = []
     for ckpt in checkpoints.expand(sweep.checkpoints):
         if isinstance(ckpt, checkpoints.Unreadable):
             failures.append((ckpt.path, ckpt.reason))
@@ -141,12 +145,15 @@ def main(argv=None) -> int:
                         help="leave the tables to a later llip-aggregate")
     args = parser.parse_args(argv)
     if args.check:
-        sweep = load_sweep(args.fname, required=())
-        _, names = datasets_of(sweep, args.allow_pipe)
+        sweep = load_sweep(args.fname, required=(), announce=print)
+        catalog, names = datasets_of(sweep, args.allow_pipe)
         print(f"{args.fname}: {len(names)} dataset(s) ({', '.join(names[:5])}"
               f"{' ...' if len(names) > 5 else ''}), launcher {sweep.launcher}")
-        return 0
-    sweep = load_sweep(args.fname)
+        broken = [name for name in names if name in catalog.broken]
+        for name in broken:
+            print(f"FAILED {name}: {catalog.broken[name]}")
+        return 1 if broken else 0
+    sweep = load_sweep(args.fname, announce=print)
     tasks, failures = build_tasks(sweep, args.allow_pipe)
     for what, reason in failures:
         print(f"FAILED {what}: {reason}", flush=True)
@@ -157,8 +164,10 @@ def main(argv=None) -> int:
     failures += run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
         run_local(todo)
     print()
+    results.record_catalogs(sweep.output_dir, sweep.catalogs)
     if not args.no_aggregate and any(results.read_result(t["output"]) for t in tasks):
-        aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs))
+        aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs),
+                  catalog=load_catalogs(sweep.catalogs, args.allow_pipe))
     if failures:
         print(f"\n{len(failures)} failed:")
         for what, reason in failures:

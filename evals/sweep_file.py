@@ -1,5 +1,8 @@
 """The eval sweep file (`python -m evals.main_mc --fname <file>`): its fields, their types and
-ranges, checked before anything runs; a bad field is one line naming it (exit code 2)."""
+ranges, checked before anything runs; a bad field is one line naming it (exit code 2).
+
+The Llip release's eval YAML (keys eval_name, mc_config_name, checkpoint_path, output_dir,
+catalog_name) is read as it is: `from_release` turns it into the sweep it stands for."""
 import dataclasses
 import numbers
 import os
@@ -85,7 +88,72 @@ def _check_types(raw: dict, path: str) -> dict:
     return raw
 
 
-def load_sweep(path: str, required=("checkpoints", "output_dir")) -> SweepConfig:
+# ---------------------------------------------------------------- the Llip release's eval YAML
+# Its form (facebookresearch/Llip, configs_evals/llip_b16_k32.yaml, evals/main_mc.py,
+# evals/metaclip_evals/eval.py): eval_name (the eval module, metaclip_evals), mc_config_name (a
+# config of llip/run_configs/llip.py), checkpoint_path (one training checkpoint), output_dir,
+# catalog_name (a catalog file of llip/clipeval/, default dataset_catalog.json, read with the
+# labels.json and templates.json beside it). It evaluates every dataset of the catalog at the
+# eval temperatures 1, 3, 5, 8, 10 (llip/clipeval/eval_zeroshot.py).
+RELEASE_KEYS = ("eval_name", "mc_config_name", "checkpoint_path", "output_dir", "catalog_name")
+RELEASE_EVALS = ("metaclip_evals",)
+RELEASE_TAUS = [1, 3, 5, 8, 10]
+RELEASE_CATALOG_DIR = os.path.join("llip", "clipeval")  # in a checkout of the release
+
+
+def is_release(raw: dict) -> bool:
+    return any(key in raw for key in ("eval_name", "mc_config_name", "checkpoint_path"))
+
+
+def _release_catalog(name: str, path: str) -> str:
+    """catalog_name as the release finds it (in llip/clipeval/ of its checkout, here the current
+    directory), or as a path, or beside the YAML."""
+    for candidate in (name, os.path.join(os.path.dirname(os.path.abspath(path)), name),
+                      os.path.join(RELEASE_CATALOG_DIR, name)):
+        if os.path.isfile(expand(candidate)):
+            return os.path.abspath(expand(candidate))
+    raise ConfigError(f"{path}: catalog_name {name} is neither a file, beside the YAML, nor in "
+                      f"{RELEASE_CATALOG_DIR}/ (where the release keeps it): give its path")
+
+
+def from_release(raw: dict, path: str) -> dict:
+    """The release's eval YAML -> our sweep fields (checked afterwards like any sweep file)."""
+    from llip.run_configs.registry import REGISTRY
+    from llip.run_configs.released import RELEASE_NAMES
+    for key in raw:
+        if key not in RELEASE_KEYS:
+            raise ConfigError(f"{path}: unknown key '{key}' in a release-style eval config "
+                              f"(its keys: {', '.join(RELEASE_KEYS)}); closest: "
+                              f"{closest(key, RELEASE_KEYS)}")
+    for key in ("mc_config_name", "checkpoint_path", "output_dir"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ConfigError(f"{path}: a release-style eval config needs '{key}' (a string)")
+    if raw.get("eval_name", RELEASE_EVALS[0]) not in RELEASE_EVALS:
+        raise ConfigError(f"{path}: eval_name {raw['eval_name']!r}: the release's eval is "
+                          f"{' or '.join(RELEASE_EVALS)} (zero-shot classification)")
+    name = raw["mc_config_name"]
+    config = RELEASE_NAMES.get(name, name)
+    if config not in REGISTRY:
+        raise ConfigError(f"{path}: mc_config_name {name!r} is neither a config of the release "
+                          f"({', '.join(RELEASE_NAMES)}) nor one of ours; closest: "
+                          f"{closest(name, [*RELEASE_NAMES, *REGISTRY])}")
+    catalog = raw.get("catalog_name", "dataset_catalog.json")
+    return {"checkpoints": [{"path": raw["checkpoint_path"], "config": config}],
+            "catalogs": [_release_catalog(catalog, path)], "datasets": "all",
+            "eval_tau": list(RELEASE_TAUS), "output_dir": raw["output_dir"]}
+
+
+def native_yaml(fields: dict, path: str) -> str:
+    """The sweep file of our form that says what `fields` say, with a line on where it came
+    from (printed once, so that the user can keep it and move on)."""
+    body = yaml.safe_dump(fields, sort_keys=False, default_flow_style=None)
+    return (f"# {path} is the Llip release's eval config; the same sweep in this project's form "
+            "(save it, run it with --fname, add batch_size, workers, launcher, ...):\n" + body)
+
+
+def load_sweep(path: str, required=("checkpoints", "output_dir"), announce=None) -> SweepConfig:
+    """The sweep file at `path`, checked. A release-style file is translated, and `announce`
+    (e.g. print) gets the equivalent file of our form."""
     if not os.path.exists(path):
         raise ConfigError(f"eval config {path} does not exist")
     try:
@@ -97,6 +165,10 @@ def load_sweep(path: str, required=("checkpoints", "output_dir")) -> SweepConfig
     if not isinstance(raw, dict):
         raise ConfigError(f"eval config {path} must be a mapping of keys (checkpoints, "
                           "output_dir, ...)")
+    if is_release(raw):
+        raw = from_release(raw, path)
+        if announce is not None:
+            announce(native_yaml(raw, path))
     fields = {f.name: f for f in dataclasses.fields(SweepConfig)}
     for key in raw:
         if key not in fields:

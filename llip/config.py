@@ -69,7 +69,8 @@ class RunConfig:
     # --- starting point and what trains (llip/loading.py, llip/models/tuning.py) ---
     init_from: str = ""  # weights file (llip export, released Llip, open_clip) or hf-hub:org/name
     init_from_model: str = ""  # the open_clip model name of an open_clip init_from
-    lock_image: bool = False  # freeze the vision tower (LiT)
+    lock_image: bool = False  # freeze the vision tower (LiT); Llip's mixture tokens still train
+    lock_mixture_tokens: bool = False  # llip with lock_image: freeze the mixture tokens too
     lock_text: bool = False  # freeze the text tower
     unlock_last_n: int = 0  # ...except its last n blocks, final LayerNorm and projection
     unlock_norms: bool = False  # ...except its LayerNorms
@@ -253,6 +254,9 @@ def _check_tuning(cfg: RunConfig) -> None:
     if partial and not (cfg.lock_image or cfg.lock_text):
         raise ConfigError(f"{partial[0]} only applies to a locked tower: set lock_image=true "
                           "and/or lock_text=true")
+    if cfg.lock_mixture_tokens and not (cfg.loss == "llip" and cfg.lock_image):
+        raise ConfigError("lock_mixture_tokens only applies to a llip config with lock_image=true "
+                          "(the mixture tokens train with the vision tower otherwise)")
     if cfg.init_from_model and not cfg.init_from:
         raise ConfigError(f"init_from_model={cfg.init_from_model} without init_from: give the "
                           "weights, e.g. init_from=/path/open_clip_model.pt")

@@ -1,7 +1,8 @@
 """Files that must never be seen half-written: write a temporary sibling, fsync, rename.
 
 A reader (a resumed run, an eval sweep, another rank) sees the old file or the new one, never a
-torn one, whatever kills the writer.
+torn one, whatever kills the writer; and others can read it as they read any file of the user's
+(the umask's mode, whatever mode the writer gave its file).
 """
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ def atomic_path(path: str):
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
+        if os.path.exists(tmp):  # left by a killed writer of the same pid
+            os.remove(tmp)
+        with open(tmp, "wb"):  # a new plain file: the mode the umask gives (0644 under 022)
+            mode = os.stat(tmp).st_mode & 0o777
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # some writers create their own file 0600 (safetensors does)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

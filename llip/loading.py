@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import torch
 import torch.distributed.checkpoint.api as dcp_api
@@ -43,6 +44,10 @@ MODEL_FIELDS = ("loss", "image_size", "patch_size", "vision_width", "vision_laye
 # which breaks the symmetry between otherwise identical tokens.
 MIXTURE_NOISE = 0.1
 SUBJECT_PREFIX = "openclip:"
+# An open_clip export's local-dir folder, <stem>.open_clip/, and its weights file by whether the
+# export is safetensors (names open_clip looks for: factory._find_checkpoint_in_dir).
+LOCAL_DIR_SUFFIX = ".open_clip"
+LOCAL_DIR_WEIGHTS = {True: "open_clip_model.safetensors", False: "open_clip_pytorch_model.bin"}
 
 
 def _first_line(exn: Exception) -> str:
@@ -136,15 +141,19 @@ def _load_release(path: str, blob, device, config: str):
     return model.to(device).eval(), cfg, int(epoch) * cfg.steps_per_epoch
 
 
-def checkpoint_info(path: str) -> tuple[RunConfig, int, bool]:
+def checkpoint_info(path: str, config: str = "") -> tuple[RunConfig, int, bool]:
     """(config, step, whether it is ours) of a checkpoint dir or file. Cheap for ours
     (config.yaml and COMPLETE of a checkpoint dir, a memory-mapped export); a foreign file (a
-    released Llip checkpoint) is loaded once: the loader's own answer for its config and step."""
-    if os.path.isfile(path):
-        blob = read_weights(path)
+    released Llip checkpoint, in `config` if named) is loaded once: the loader's own answer for
+    its config and step. Ours carry their config: naming one is refused."""
+    blob = read_weights(path) if os.path.isfile(path) else None
+    if config and (blob is None or ours.matches(blob)):
+        raise ConfigError(f"{path} carries its own config: 'config: {config}' names the config "
+                          "of a released Llip file only")
+    if blob is not None:
         if ours.matches(blob):
             return from_dict(blob["config"]), int(blob.get("step", 0)), True
-        _, cfg, step = load_model(path)
+        _, cfg, step = load_model(path, config=config)
         return cfg, step, False
     return read_config(path), step_of(path), True
 
@@ -193,12 +202,17 @@ def config_for(tensors: dict, path: str) -> RunConfig:
 # ---------------------------------------------------------------- open_clip subjects
 def subject_spec(name: str, pretrained: str) -> str:
     """An eval sweep entry {openclip: NAME, pretrained: PATH_OR_TAG} as one checkpoint string
-    (open_clip names never contain '@'); an unknown name or tag fails here, while planning."""
+    (open_clip names never contain '@'); an unknown name or tag fails here, while planning.
+    NAME may be a model config JSON file or open_clip's local-dir:FOLDER (its weights inside)."""
     import open_clip
     openclip.model_config(name)
     pretrained = pretrained or ""
+    if name.startswith(openclip.LOCAL_DIR) and pretrained:
+        raise ConfigError(f"open_clip {name} holds its own weights (open_clip ignores "
+                          f"pretrained={pretrained} there): drop pretrained")
     if pretrained and not os.path.isfile(pretrained) and not name.startswith("hf-hub:"):
-        tags = open_clip.list_pretrained_tags_by_model(name)
+        tags = [] if openclip.is_config_file(name) else \
+            open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
             raise ConfigError(f"open_clip {name}: pretrained={pretrained} is neither a file nor "
                               f"one of its tags ({', '.join(tags) or 'it has none'})")
@@ -210,10 +224,14 @@ def is_subject(spec) -> bool:
 
 
 def subject_tag(spec: str) -> str:
+    """The table's name of an open_clip subject, after its weights: the local-dir folder, or
+    the model and the weights file or tag ("random" only for a model without weights)."""
     name, pretrained = spec[len(SUBJECT_PREFIX):].split("@", 1)
-    label = os.path.splitext(os.path.basename(pretrained))[0] if os.path.isfile(pretrained) \
+    if name.startswith(openclip.LOCAL_DIR):
+        return f"openclip_{openclip.label(name)}"
+    weights = os.path.splitext(os.path.basename(pretrained))[0] if os.path.isfile(pretrained) \
         else pretrained.replace("/", "_").replace(":", "_")
-    return f"openclip_{name.replace('/', '_').replace(':', '_')}_{label or 'random'}"
+    return f"openclip_{openclip.label(name)}_{weights or 'random'}"
 
 
 def load_subject(spec: str, device="cpu"):
@@ -224,10 +242,11 @@ def load_subject(spec: str, device="cpu"):
     name, pretrained = spec[len(SUBJECT_PREFIX):].split("@", 1)
     openclip.model_config(name)
     local = os.path.isfile(pretrained)
+    name = openclip.open_clip_name(name)  # a config file: registered under its stem
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
             name, pretrained=None if local else (pretrained or None))
-    except RuntimeError as exn:
+    except (RuntimeError, ValueError, FileNotFoundError) as exn:
         raise ConfigError(f"open_clip {name} pretrained={pretrained!r}: "
                           f"{str(exn).splitlines()[0][:200]}") from None
     if local:
@@ -284,7 +303,8 @@ def _open_clip_source(cfg: RunConfig, blob):
         return unwrap(blob, cfg.init_from), name
     import open_clip
     try:
-        model = open_clip.create_model(name, pretrained=None if hub else cfg.init_from,
+        model = open_clip.create_model(openclip.open_clip_name(name),
+                                       pretrained=None if hub else cfg.init_from,
                                        require_pretrained=True)
     except Exception as exn:
         raise ConfigError(f"init_from={cfg.init_from} ({name}): {_first_line(exn)}") from None
@@ -365,9 +385,22 @@ def save_export(path: str, model: torch.nn.Module, cfg: RunConfig, step: int) ->
     return path
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """`target` as a second name of `source` (a hard link: no second copy), or a copy."""
+    with atomic_path(target) as tmp:
+        os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, tmp)
+
+
 def export(source: str, out: str, fmt: str = "llip", config: str = "") -> list[str]:
     """Write `source` (anything load_model reads) as one file; return the files written. The
-    open_clip format is open_clip's CLIP state dict plus <stem>.json, its model config."""
+    open_clip format is open_clip's CLIP state dict, <stem>.json (its model config, for
+    open_clip.add_model_config, sweep entries and init_from_model=) and <stem>.open_clip/, an
+    open_clip local-dir folder (for a model name alone: `local-dir:<stem>.open_clip`, as
+    CLIP_benchmark's --model takes it) holding the config and the same weights."""
     model, cfg, step = load_model(source, config=config)
     if fmt == "llip":
         return [save_export(out, model, cfg, step)]
@@ -384,4 +417,13 @@ def export(source: str, out: str, fmt: str = "llip", config: str = "") -> list[s
             torch.save(state, tmp)
     config_path = os.path.splitext(out)[0] + ".json"
     atomic_write(config_path, json.dumps(model_cfg, indent=2) + "\n")
-    return [out, config_path]
+    folder = os.path.splitext(out)[0] + LOCAL_DIR_SUFFIX
+    os.makedirs(folder, exist_ok=True)
+    atomic_write(os.path.join(folder, openclip.LOCAL_DIR_CONFIG),
+                 json.dumps(openclip.local_dir_config(cfg), indent=2) + "\n")
+    kept = LOCAL_DIR_WEIGHTS[out.endswith(".safetensors")]
+    _link_or_copy(out, os.path.join(folder, kept))
+    for other in LOCAL_DIR_WEIGHTS.values():  # one weights file: no stale one for open_clip
+        if other != kept and os.path.exists(os.path.join(folder, other)):
+            os.remove(os.path.join(folder, other))
+    return [out, config_path, folder]

@@ -118,8 +118,8 @@ def released_state_dict(model) -> dict:
             out[renamed[name]] = t
         elif name in as_x_at_w:
             out[as_x_at_w[name]] = t.T.contiguous()
-        elif name.startswith("head.") and "_norm." in name:
-            out[name[len("head."):]] = t
+        elif name.startswith("head.") and "_norm." in name:  # head.k_norm.weight -> K_norm.weight
+            out[name[len("head."):].capitalize()] = t
         elif name in ("head.logit_scale", "head.logit_bias"):
             out[name[len("head."):]] = t.reshape(())
         else:
@@ -198,3 +198,102 @@ def queued(job_id: str) -> bool:
     if out.returncode != 0:
         return "invalid job id" not in out.stderr.lower()
     return bool(out.stdout.strip())
+
+
+# ---------------------------------------------------------------- the Llip release's eval files
+def digit_test_images(digits) -> list:
+    """(grey uint8 image array, label) of the held-out digits, in the test shard's order: the
+    pixels every reader of those shards decodes (the PNGs are grey images stored as RGB)."""
+    import io
+    import tarfile
+
+    import braceexpand
+    import numpy as np
+    from PIL import Image
+    members = {}
+    for shard in braceexpand.braceexpand(digits["test"]):
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                members.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return [(np.asarray(Image.open(io.BytesIO(m["png"])).convert("L")), int(m["cls"]))
+            for m in members.values()]
+
+
+def write_mnist(root, samples) -> str:
+    """`samples` in torchvision's MNIST layout under `root`: MNIST/raw/ holding the four
+    uncompressed idx files its class reads (train-images-idx3-ubyte, train-labels-idx1-ubyte,
+    t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte; torchvision/datasets/mnist.py: MNIST.resources,
+    raw_folder, read_sn3_pascalvincent_tensor). An idx file is a big-endian header, 0x0000,
+    the type byte 0x08 (unsigned byte), the number of dimensions, then each dimension as a
+    4-byte big-endian integer, then the data. The same samples serve as train and test."""
+    import struct
+
+    import numpy as np
+    raw = os.path.join(str(root), "MNIST", "raw")
+    os.makedirs(raw, exist_ok=True)
+    images = np.stack([image for image, _ in samples]).astype(np.uint8)
+    labels = np.array([label for _, label in samples], dtype=np.uint8)
+    for split in ("train", "t10k"):
+        with open(os.path.join(raw, f"{split}-images-idx3-ubyte"), "wb") as f:
+            f.write(struct.pack(">HBB3I", 0, 0x08, 3, *images.shape) + images.tobytes())
+        with open(os.path.join(raw, f"{split}-labels-idx1-ubyte"), "wb") as f:
+            f.write(struct.pack(">HBBI", 0, 0x08, 1, len(labels)) + labels.tobytes())
+    return str(root)
+
+
+def write_image_folder(root, samples, classnames) -> str:
+    """`samples` as torchvision's ImageFolder reads them: <root>/<class name>/<n>.png."""
+    from PIL import Image
+    for i, (image, label) in enumerate(samples):
+        folder = os.path.join(str(root), classnames[label])
+        os.makedirs(folder, exist_ok=True)
+        Image.fromarray(image, mode="L").convert("RGB").save(os.path.join(folder, f"{i}.png"))
+    return str(root)
+
+
+def write_release_catalog(folder, entries, labels, templates,
+                          name="dataset_catalog_full.json") -> str:
+    """A catalog in the Llip release's layout (facebookresearch/Llip, llip/clipeval/): the
+    catalog (dataset -> {"path", "type": "imagefolder", "train", "test"} or {"path", "type":
+    "special"}) with labels.json and templates.json (dataset -> list, templates with "{}")
+    beside it."""
+    import json
+    os.makedirs(str(folder), exist_ok=True)
+    for file, content in ((name, entries), ("labels.json", labels),
+                          ("templates.json", templates)):
+        with open(os.path.join(str(folder), file), "w", encoding="utf-8") as f:
+            json.dump(content, f, indent=4)
+    return os.path.join(str(folder), name)
+
+
+# The demo's prompts as the release writes templates (templates.json: "{}" placeholders).
+RELEASE_TEMPLATES = ["a handwritten digit {}", "the number {}, written by hand"]
+
+
+def release_digits_catalog(tmp_path, digits) -> str:
+    """The held-out digits as the release's catalog would list them: MNIST ("special": torchvision
+    reads <path>/MNIST/raw), an imagefolder with train/test sub-folders named by class, and
+    entries that must fail on their own: CIFAR10 with no files, Food101 without its 'test'
+    field, MITStates (special, a class of the release's own), CLEVRCounts (its .npy filelist)."""
+    from llip.data.synthetic.digits import CLASSNAMES
+    samples = digit_test_images(digits)
+    mnist = write_mnist(tmp_path / "mnist", samples)
+    for split in ("train", "test"):
+        write_image_folder(tmp_path / "digits_folder" / split, samples, CLASSNAMES)
+    (tmp_path / "cifar10").mkdir()
+    entries = {
+        "MNIST": {"path": mnist, "type": "special"},
+        "Digits": {"path": str(tmp_path / "digits_folder"), "type": "imagefolder",
+                   "train": "train", "test": "test"},
+        "CIFAR10": {"path": str(tmp_path / "cifar10"), "type": "special"},
+        "Food101": {"path": str(tmp_path / "food101"), "type": "imagefolder", "train": "train"},
+        "MITStates": {"path": str(tmp_path / "mit"), "type": "special"},
+        "CLEVRCounts": {"path": str(tmp_path / "clevr"), "type": "filelist", "train": "train",
+                        "test": "val"},
+    }
+    # labels.json lists each dataset's names in its label order: ImageFolder's is by folder name
+    labels = {"MNIST": CLASSNAMES, "Digits": sorted(CLASSNAMES), "CIFAR10": CLASSNAMES,
+              "Food101": ["apple pie"], "MITStates": ["a"], "CLEVRCounts": ["10", "3"]}
+    templates = {name: RELEASE_TEMPLATES for name in labels}
+    return write_release_catalog(tmp_path / "clipeval", entries, labels, templates)

@@ -5,15 +5,20 @@ Entry fields:
   task        zeroshot_classification | retrieval | linear_probe | knn | multiple_choice |
               multilabel: the evaluator that scores it (llip.evaluation.evaluators; the last
               two read per-image labels from `label_key`: see llip/evaluation/multilabel.py)
-  format      wds | imagefolder | filelist | json
-  path        shard spec (wds), folder (imagefolder), CSV/TSV (filelist), JSON file (json);
+  format      wds | imagefolder | filelist | json | torchvision
+  path        shard spec (wds), folder (imagefolder), CSV/TSV (filelist), JSON file (json),
+              the root torchvision's class reads (torchvision: its download=True layout);
               ${VAR} and ${VAR:-default} are expanded from the environment
-  split       recorded with results; for imagefolder, a sub-folder of path if it exists
+  split       recorded with results; for imagefolder, a sub-folder of path if it exists;
+              torchvision: test (default) or train
+  dataset     (torchvision) the class: CIFAR10, CIFAR100, MNIST or STL10
+  class_order (imagefolder) numeric (default: numeric folder names sort as numbers, as
+              ImageNetV2's) or name (torchvision's ImageFolder order: "10" before "2")
   classnames  (zero-shot) a list, a file (one per line, relative to the catalog),
               "clip_benchmark:<key>" (llip/evaluation/zeroshot_metadata.json), "open_clip:imagenet",
               or "folder" (imagefolder directory names)
-  templates   (zero-shot) a list or a file of prompts with {c}, "clip_benchmark:<key>", or
-              "open_clip:openai_imagenet" / "open_clip:simple_imagenet"
+  templates   (zero-shot) a list or a file of prompts with {c} (or {}), "clip_benchmark:<key>",
+              or "open_clip:openai_imagenet" / "open_clip:simple_imagenet"
   metric      the main metric: acc1 | acc5 | mean_per_class_recall (classification and probes) |
               image_retrieval_recall@k | text_retrieval_recall@k (k in 1, 5, 10);
               multiple_choice: acc1; multilabel: mAP | image_mAP
@@ -28,6 +33,10 @@ Top-level "_groups": {"name": [dataset, ...]} names dataset suites: a sweep may 
 Other top-level keys starting with "_" are comments.
 A catalog is data: a `pipe:` path (a shell command) is refused unless the user opts in with
 `llip-eval --allow-pipe` (a catalog cannot opt itself in).
+
+A broken entry fails that dataset only: `load_catalogs` keeps its one-line error, raised when
+the dataset is asked for. The Llip release's catalogs (its dataset_catalog_full.json, with
+labels.json and templates.json beside it) are read as they are: see `release_entry`.
 """
 import json
 import os
@@ -38,12 +47,14 @@ import braceexpand
 from llip.data.stream import expand_sources
 from llip.errors import ConfigError
 from llip.evaluation import prompts
-from llip.evaluation.datasets import ALLOW_PIPE, refuse_pipe
+from llip.evaluation.datasets import ALLOW_PIPE, TORCHVISION, refuse_pipe
 from llip.evaluation.evaluators import EVALUATORS
 from llip.io import read_json, read_text
 
-FORMATS = ("wds", "imagefolder", "filelist", "json")
-OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split")
+FORMATS = ("wds", "imagefolder", "filelist", "json", "torchvision")
+OPTIONAL = ("image_root", "image_key", "label_key", "caption_key", "separator", "split",
+            "dataset", "class_order")
+CLASS_ORDERS = ("numeric", "name")
 PATHS = ("path", "image_root", "train_path")  # ${VAR} expanded
 DEFAULT_CATALOG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "dataset_catalog.json")
 _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
@@ -117,6 +128,15 @@ def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=Fals
     except braceexpand.UnbalancedBracesError:
         raise ConfigError(f"{where}: path {out['path']!r} has unbalanced braces") from None
     refuse_pipe(urls, out)
+    if entry["format"] == "torchvision":
+        if entry.get("dataset") not in TORCHVISION:
+            raise ConfigError(f"{where}: format torchvision needs field 'dataset', one of "
+                              f"{', '.join(TORCHVISION)}")
+        if entry.get("split", "test") not in ("test", "train"):
+            raise ConfigError(f"{where}: split {entry['split']!r} must be test or train")
+    if entry.get("class_order", "numeric") not in CLASS_ORDERS:
+        raise ConfigError(f"{where}: class_order {entry['class_order']!r} must be one of "
+                          f"{', '.join(CLASS_ORDERS)}")
     evaluator.check(out, where)
     if evaluator.needs_prompts:
         for field in ("classnames", "templates"):
@@ -130,8 +150,8 @@ def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=Fals
         if isinstance(out["classnames"], list) and n is not None and n != len(out["classnames"]):
             raise ConfigError(f"{where}: {len(out['classnames'])} classnames but classes={n}: "
                               "fix the list or the count")
-        if not all("{c}" in t for t in out["templates"]):
-            raise ConfigError(f"{where}: every template needs the placeholder {{c}}")
+        if not all("{c}" in t or "{}" in t for t in out["templates"]):
+            raise ConfigError(f"{where}: every template needs the placeholder {{c}} (or {{}})")
     return out
 
 
@@ -183,14 +203,130 @@ def expand_names(names, catalog: dict, groups: dict) -> list:
     return list(dict.fromkeys(out))
 
 
-def load_catalogs(paths, allow_pipe: bool = False) -> dict:
-    """Merge catalogs in order (later ones override earlier names); validate every entry."""
-    merged = {}
+class Catalog(dict):
+    """name -> validated entry, and `broken`: name -> the one-line error of an entry that did
+    not validate. Such a name is in the catalog (`in` says so) but looking it up raises its
+    error, so a broken entry fails whoever asks for that dataset and no one else."""
+
+    def __init__(self):
+        super().__init__()
+        self.broken: dict[str, ConfigError] = {}
+        self.order: list[str] = []
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name) or name in self.broken
+
+    def __missing__(self, name):
+        if name in self.broken:
+            raise self.broken[name]
+        raise KeyError(name)
+
+    def add(self, name: str, entry=None, error: ConfigError = None) -> None:
+        """A valid entry, or the error of a broken one (a later catalog's entry replaces an
+        earlier one of the same name, broken or not)."""
+        self.pop(name, None)
+        self.broken.pop(name, None)
+        if error is None:
+            self[name] = entry
+        else:
+            self.broken[name] = error
+        self.order = [n for n in self.order if n != name] + [name]
+
+    def names(self) -> list[str]:
+        """Every dataset name, broken ones included, in catalog order."""
+        return list(self.order)
+
+
+def load_catalogs(paths, allow_pipe: bool = False) -> Catalog:
+    """Merge catalogs in order (later ones override earlier names); validate every entry, each
+    on its own: see Catalog."""
+    merged = Catalog()
     for path in paths:
         path, raw = _read(path)
         base = os.path.dirname(os.path.abspath(path))
+        side = _SideFiles(base)
         for name, entry in raw.items():
             if name.startswith("_"):  # comments
                 continue
-            merged[name] = validate_entry(name, entry, path, base, allow_pipe)
+            try:
+                if is_release_entry(entry):
+                    entry = release_entry(name, entry, f"catalog {path}: dataset '{name}'", side)
+                merged.add(name, validate_entry(name, entry, path, base, allow_pipe))
+            except ConfigError as exn:
+                merged.add(name, error=exn)
     return merged
+
+
+# ------------------------------------------------------------ the Llip release's catalogs
+# The Llip authors' release (facebookresearch/Llip): llip/clipeval/dataset_catalog_full.json maps
+# a dataset name to {"path", "type": "imagefolder", "train", "test"} (sub-folders of path read
+# by torchvision's ImageFolder: classes in folder-name order, imagenet_v2's numeric folders in
+# numeric order; llip/clipeval/datasets.py) or {"path", "type": "special"} (torchvision's CIFAR10,
+# CIFAR100, STL10, MNIST classes on path; MITStates their own). Class names and prompts sit
+# beside the catalog in labels.json and templates.json (dataset name -> list; templates written
+# with "{}"; llip/clipeval/eval_zeroshot.py load_metadata). Their eval reports mean per-class
+# recall for FGVCAircraft, OxfordPets, Caltech101 and Flowers102 and top-1 elsewhere.
+RELEASE_SIDE_FILES = {"classnames": "labels.json", "templates": "templates.json"}
+RELEASE_PER_CLASS = ("FGVCAircraft", "OxfordPets", "Caltech101", "Flowers102")
+
+
+def is_release_entry(entry) -> bool:
+    return isinstance(entry, dict) and "type" in entry and "task" not in entry
+
+
+class _SideFiles:
+    """labels.json / templates.json beside a release catalog, read once when first needed."""
+
+    def __init__(self, base_dir: str):
+        self.base_dir, self.read = base_dir, {}
+
+    def __call__(self, file: str, where: str) -> dict:
+        if file not in self.read:
+            path = os.path.join(self.base_dir, file)
+            try:
+                self.read[file] = read_json(path) if os.path.isfile(path) else None
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exn:
+                self.read[file] = ConfigError(f"{path} is not readable JSON ({exn})")
+        found = self.read[file]
+        if isinstance(found, ConfigError):
+            raise ConfigError(f"{where}: {found}")
+        if not isinstance(found, dict):
+            raise ConfigError(f"{where}: a release-style entry takes its {file} from beside the "
+                              f"catalog, and {os.path.join(self.base_dir, file)} does not exist "
+                              "(or is not a JSON object): put the release's file there")
+        return found
+
+
+def release_entry(name: str, entry: dict, where: str, side) -> dict:
+    """An entry of the Llip release's catalog -> ours, validated afterwards like any other."""
+    if not isinstance(entry.get("path"), str):
+        raise ConfigError(f"{where}: missing field 'path' (a string)")
+    out = {"task": "zeroshot_classification",
+           "metric": "mean_per_class_recall" if name in RELEASE_PER_CLASS else "acc1"}
+    for field, file in RELEASE_SIDE_FILES.items():
+        table = side(file, where)
+        if name not in table:
+            raise ConfigError(f"{where}: {file} beside the catalog has no '{name}': add its "
+                              f"{field} there")
+        if any(isinstance(v, list) for v in table[name]):
+            raise ConfigError(f"{where}: {file} gives several names per class (synonyms), which "
+                              "llip does not read: give one name per class")
+        out[field] = table[name]
+    kind = entry["type"]
+    if kind == "imagefolder":
+        if not isinstance(entry.get("test"), str):
+            raise ConfigError(f"{where}: type imagefolder needs field 'test', the sub-folder of "
+                              "path with the test images")
+        return {**out, "format": "imagefolder", "path": os.path.join(entry["path"], entry["test"]),
+                "split": entry["test"],
+                "class_order": "numeric" if name == "imagenet_v2" else "name"}
+    if kind == "special":
+        if name not in TORCHVISION:
+            raise ConfigError(f"{where}: type special is read through torchvision's dataset "
+                              f"classes, here {', '.join(TORCHVISION)}; give '{name}' as an "
+                              "imagefolder entry (type imagefolder, train, test)")
+        return {**out, "format": "torchvision", "dataset": name, "path": entry["path"],
+                "split": "test"}
+    raise ConfigError(f"{where}: type {kind!r} is not read (the release's imagefolder and "
+                      "special are): convert the dataset to an imagefolder, or to one of "
+                      f"{', '.join(FORMATS)} in an entry of this catalog's own form")

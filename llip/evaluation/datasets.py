@@ -9,6 +9,7 @@ the images (evals inside distributed training): every reader splits the samples 
 index), so the scores never depend on how many workers or ranks read the data.
 """
 import csv
+import inspect
 import io
 import json
 import os
@@ -19,7 +20,7 @@ from webdataset import tarfile_to_samples
 
 from llip.data import IMAGE_KEYS, caption_list
 from llip.data.stream import expand_sources, local_path, worker_init
-from llip.errors import ConfigError
+from llip.errors import ConfigError, one_line
 from llip.io import read_json
 
 ALLOW_PIPE = "_allow_pipe"  # set by the catalog loader from the user's flag, never from a catalog
@@ -86,8 +87,69 @@ def require_data(entry) -> None:
     """The dataset's files are where the catalog says (checked before a run starts)."""
     if entry["format"] == "wds":
         _shard_urls(entry)
+    elif entry["format"] == "torchvision":
+        _torchvision_class(entry)
     else:
         _require(entry["path"], entry)
+
+
+# ------------------------------------------------------------ torchvision's datasets
+# Format "torchvision" (the Llip release's "special" entries): torchvision's own dataset class
+# reads its files from a local root, as its download=True lays them out; nothing is downloaded.
+# Reading runs no code from the files: CIFAR's pickles are opened only once every file matches
+# the official md5 torchvision holds; MNIST is raw idx files, STL10 raw binary.
+TORCHVISION = ("CIFAR10", "CIFAR100", "MNIST", "STL10")
+
+
+def torchvision_files(cls, root: str) -> list[str]:
+    """The files torchvision's `cls` needs under `root` (it checks them all, train and test)."""
+    if hasattr(cls, "resources"):  # MNIST: <root>/MNIST/raw/<idx files, uncompressed>
+        return [os.path.join(root, cls.__name__, "raw", os.path.basename(url)[:-len(".gz")])
+                for url, _ in cls.resources]
+    names = [name for name, _ in cls.train_list + cls.test_list]
+    if isinstance(getattr(cls, "meta", None), dict):  # CIFAR's label names
+        names.append(cls.meta["filename"])
+    return [os.path.join(root, cls.base_folder, name) for name in names]
+
+
+def _torchvision_class(entry):
+    """The entry's torchvision dataset class, its files checked: a missing one is one line
+    naming the dataset, the layout torchvision expects and the first file missing."""
+    import torchvision.datasets
+    cls = getattr(torchvision.datasets, entry["dataset"])
+    root = entry["path"]
+    files = torchvision_files(cls, root)
+    missing = [os.path.relpath(f, root) for f in files if not os.path.isfile(f)]
+    if missing:
+        expected = ", ".join(os.path.relpath(f, root) for f in files)
+        raise ConfigError(f"dataset '{entry['name']}': torchvision's {cls.__name__} finds no data "
+                          f"under {root}: it reads {expected} there (the layout its "
+                          f"download=True writes); {missing[0]} is missing: fix the catalog's "
+                          "path or put the files there")
+    return cls
+
+
+class _RGB:
+    """A transform of RGB images (torchvision's MNIST gives grey ones)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, image):
+        return self.transform(image.convert("RGB"))
+
+
+def torchvision_dataset(entry, transform):
+    cls = _torchvision_class(entry)
+    split = entry.get("split") or "test"
+    which = {"split": split} if "split" in inspect.signature(cls).parameters else \
+        {"train": split == "train"}
+    try:
+        return cls(entry["path"], transform=_RGB(transform), download=False, **which)
+    except (RuntimeError, ValueError) as exn:  # checksums (CIFAR, STL10), a split it lacks
+        raise ConfigError(f"dataset '{entry['name']}': torchvision's {cls.__name__} refused the "
+                          f"files under {entry['path']} ({one_line(exn)}): they are corrupt or "
+                          "of another version, or the split is not one it has") from None
 
 
 def _shard_samples(url: str):
@@ -149,8 +211,10 @@ def classification_items(entry):
         root = os.path.join(path, entry["split"]) if entry.get("split") and \
             os.path.isdir(os.path.join(path, entry["split"])) else path
         classes = [d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))]
-        # Label order: numeric folder names (ImageNetV2's 0..999) sort as numbers.
-        classes.sort(key=lambda d: (0, int(d), "") if d.isdigit() else (1, 0, d))
+        # Label order: numeric folder names (ImageNetV2's 0..999) sort as numbers, unless
+        # class_order is "name" (torchvision's ImageFolder: by name, so 10 before 2).
+        classes.sort(key=(lambda d: d) if entry.get("class_order") == "name" else
+                     (lambda d: (0, int(d), "") if d.isdigit() else (1, 0, d)))
         items = [(os.path.join(root, c, f), i) for i, c in enumerate(classes)
                  for f in sorted(os.listdir(os.path.join(root, c)))]
         names = entry["classnames"] if entry["classnames"] != "folder" else \
@@ -177,6 +241,11 @@ def classification_batches(entry, transform, batch_size: int, workers: int, rank
         loader = _shard_loader(_shard_urls(entry), entry, transform,
                                entry.get("label_key", "cls"), batch_size, workers, rank, world)
         return ((images, labels) for images, labels, _, _ in loader), entry["classnames"]
+    if entry["format"] == "torchvision":
+        dataset = torchvision_dataset(entry, transform)
+        share = torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
+        return torch.utils.data.DataLoader(share, batch_size=batch_size, num_workers=workers,
+                                           shuffle=False), entry["classnames"]
     items, names = classification_items(entry)
     bad = [label for _, label in items if names is not None and not 0 <= label < len(names)]
     if bad:

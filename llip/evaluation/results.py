@@ -10,7 +10,8 @@ One JSON per (checkpoint, dataset) task, written atomically:
 run name, a file name or a step never share a result. `by_tau` holds one entry per Llip eval
 temperature, all scored from the same image embeddings; CLIP/SigLIP have one entry with
 eval_tau null. A file that does not parse or lacks a key (a torn write, a foreign file) is not a
-result: the task counts as not done and runs again.
+result: the task counts as not done and runs again. Beside the results, catalogs.json names the
+catalogs of the sweep (their main metrics and groups make its tables; evals.aggregate reads it).
 """
 import glob
 import hashlib
@@ -18,7 +19,8 @@ import json
 import os
 import re
 
-from llip.io import read_json
+from llip.evaluation.catalog import expand
+from llip.io import read_json, write_json
 from llip.run_dir import run_dir_of
 
 REQUIRED = ("id", "model", "step", "checkpoint", "dataset", "task", "metric", "by_tau")
@@ -115,3 +117,17 @@ def long_rows(results) -> list[dict]:
                                  "value": value, "main": metric == r["metric"], "n": r["n"],
                                  "checkpoint": r["checkpoint"], "id": r["id"]})
     return rows
+
+
+CATALOGS_FILE = "catalogs.json"  # in an output dir: the catalogs of the sweep that wrote it
+
+
+def record_catalogs(output_dir: str, catalogs) -> None:
+    """Keep the sweep's catalogs beside its results, for re-aggregations."""
+    write_json(os.path.join(output_dir, CATALOGS_FILE),
+               {"catalogs": [os.path.abspath(expand(c)) for c in catalogs]}, indent=1)
+
+
+def recorded_catalogs(output_dir: str):
+    path = os.path.join(output_dir, CATALOGS_FILE)
+    return read_json(path)["catalogs"] if os.path.isfile(path) else None

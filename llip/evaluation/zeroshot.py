@@ -27,17 +27,18 @@ def inference_precision(device):
 
 
 def fill_template(template: str, classname: str) -> str:
-    """template.format(c=classname), refusing any other placeholder by name."""
+    """The template with the class name at {c} (or {}, as the Llip release and CLIP write
+    them), refusing any other placeholder by name."""
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
     except ValueError as exn:
         raise ConfigError(f"template {template!r} is not a valid format string ({exn})") \
             from None
-    unknown = sorted(fields - {"c"})
+    unknown = sorted(set(fields) - {"c", ""})
     if unknown:
         raise ConfigError(f"template {template!r} has the placeholder {{{unknown[0]}}}: only "
-                          "{c} (the class name) is filled in; fix the template")
-    return template.format(c=classname)
+                          "{c} or {} (the class name) is filled in; fix the template")
+    return template.format(*[classname] * fields.count(""), c=classname)
 
 
 @torch.no_grad()

@@ -228,6 +228,26 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
         f"clip_demo__step00000110__digits__{_ckpt_id(trained_clip, 110)}.json"
     assert kept.exists()
 
+    # A broken catalog entry fails its own dataset (one line naming dataset, field and fix),
+    # the other datasets asked for still run.
+    broken_entries = {
+        "no_metric": ({"task": "zeroshot_classification", "format": "wds", "path": "x"},
+                      "missing field 'metric'"),
+        "bad_task": ({"task": "classify", "format": "wds", "path": "x", "metric": "acc1"},
+                     "task 'classify' must be one of"),
+        "no_file": ({**broken, "templates": "no_such_file.txt"}, "templates file")}
+    result = run_cli("-m", "evals.main_mc", "--fname", _sweep(
+        tmp_path, [trained_clip], write_catalog(tmp_path / "c2.json", digits, {
+            name: entry for name, (entry, _) in broken_entries.items()}),
+        datasets=("digits", *broken_entries)))
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    failed = sorted({line for line in result.stdout.splitlines() if line.startswith("FAILED")})
+    assert len(failed) == 3, result.stdout
+    for line, (name, (_, needle)) in zip(failed, sorted(broken_entries.items())):
+        assert line.startswith(f"FAILED {name}: catalog ") and \
+            f"dataset '{name}': {needle}" in line, line
+    assert "1 eval tasks, 1 already done" in result.stdout  # digits: done before, kept
+
     bad_yaml = _sweep(tmp_path, [trained_clip], catalog, datasets=("digitz",))
     cases = [
         (bad_yaml, "unknown dataset 'digitz'; closest: digits"),
@@ -236,17 +256,6 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
                                                                    "closest: batch_size"),
         (_sweep(tmp_path, [trained_clip], catalog, batch_size="big"), "'batch_size' must be an"),
         (_sweep(tmp_path, [trained_clip], catalog, eval_tau=[0]), "'eval_tau' must be a number"),
-        (_sweep(tmp_path, [trained_clip], write_catalog(
-            tmp_path / "c2.json", digits, {"digits": {"task": "zeroshot_classification",
-                                                    "format": "wds", "path": "x"}})),
-         "dataset 'digits': missing field 'metric'"),
-        (_sweep(tmp_path, [trained_clip], write_catalog(
-            tmp_path / "c3.json", digits, {"digits": {"task": "classify", "format": "wds",
-                                                    "path": "x", "metric": "acc1"}})),
-         "task 'classify' must be one of"),
-        (_sweep(tmp_path, [trained_clip], write_catalog(
-            tmp_path / "c4.json", digits, {"digits": {**broken, "templates": "no_such_file.txt"}})),
-         "templates file"),
         (str(tmp_path / "absent.yaml"), "does not exist"),
     ]
     for fname, needle in cases:

@@ -53,3 +53,20 @@ def test_eval_and_keep_every_fields_are_validated():
     for bad in ("eval_every=-1", "keep_every=-2"):
         with pytest.raises(ConfigError, match="must be >= 0"):
             resolve("llip_tiny", [bad])
+
+
+def test_help_names_the_command_typed_and_lists_every_field(capsys, monkeypatch):
+    import dataclasses
+
+    from llip.config import RunConfig
+    from llip.main import main
+    monkeypatch.setattr("sys.argv", ["/venv/bin/llip-train", "--help"])
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_code.value.code == 0 and out.startswith("usage: llip-train ")
+    assert "python -m llip.main" not in out and "llip-train CONFIG --print" in out
+    lines = out.splitlines()
+    for field in dataclasses.fields(RunConfig):  # name, type and default of every field
+        assert any(line.split()[:2] == [field.name, field.type] and
+                   line.rstrip().endswith(repr(field.default)) for line in lines), field.name

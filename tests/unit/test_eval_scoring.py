@@ -91,7 +91,10 @@ def test_templates_fill_only_c_and_labels_stay_within_class_names():
     from llip.errors import ConfigError
     from llip.evaluation.zeroshot import Classification, fill_template
     assert fill_template("a photo of a {c}.", "cat") == "a photo of a cat."
-    for bad, needle in (("a {cls} photo", "{cls}"), ("a {} photo", "{}"), ("a {c", "valid")):
+    # {} as the Llip release's templates.json (and CLIP's prompts) write it
+    assert fill_template('a photo of the number: "{}".', "7") == 'a photo of the number: "7".'
+    assert fill_template("a {} or {c}, {{braces}}", "cat") == "a cat or cat, {braces}"
+    for bad, needle in (("a {cls} photo", "{cls}"), ("a {0} photo", "{0}"), ("a {c", "valid")):
         with pytest.raises(ConfigError, match="template") as info:
             fill_template(bad, "cat")
         assert needle in str(info.value) and bad in str(info.value)

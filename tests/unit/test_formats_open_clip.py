@@ -1,11 +1,17 @@
 """open_clip's files in and out: a starting point for training (init_from), an export that
 open_clip loads with equal embeddings, open_clip models as eval subjects."""
+import os
+import stat
+
+import numpy as np
 import open_clip
 import pytest
 import torch
+from PIL import Image
 
 from helpers import model_inputs, model_scores, open_clip_file, write_released
 from llip.config import to_dict
+from llip.data import transform_for
 from llip.errors import ConfigError
 from llip.loading import (
     export,
@@ -108,23 +114,39 @@ def test_export_to_open_clip_loads_with_equal_embeddings(tmp_path, name, suffix)
     model, cfg, path = _llip_export(tmp_path, name)
     out = tmp_path / f"exported_{name}{suffix}"
     files = export(path, str(out), "open_clip")
-    assert files == [str(out), str(out.with_suffix(".json"))]
+    folder = tmp_path / f"exported_{name}.open_clip"
+    assert files == [str(out), str(out.with_suffix(".json")), str(folder)]
+    assert sorted(os.listdir(folder)) == ["open_clip_config.json", "open_clip_model.safetensors"
+                                          if suffix == ".safetensors" else
+                                          "open_clip_pytorch_model.bin"]
     open_clip.add_model_config(files[1])
-    theirs, _, preprocess = open_clip.create_model_and_transforms(out.stem, pretrained=str(out))
-    theirs.eval()
     images, tokens = model_inputs(cfg)
-    with torch.no_grad():
-        torch.testing.assert_close(theirs.encode_image(images, normalize=True),
-                                   model.encode_image(images), atol=1e-5, rtol=0)
-        torch.testing.assert_close(theirs.encode_text(tokens, normalize=True),
-                                   model.encode_text(tokens), atol=1e-5, rtol=0)
-        torch.testing.assert_close(theirs.get_logits(images, tokens)[0],
-                                   model.logits(*model(images, tokens)), atol=1e-4, rtol=0)
-    assert (theirs.logit_bias is not None) == (name == "siglip_tiny")
+    # the .json with the weights, and open_clip's local-dir folder (a model name alone, as
+    # CLIP_benchmark's --model takes it): the same model and preprocessing as ours
+    for theirs, preprocess in [
+            open_clip.create_model_and_transforms(out.stem, pretrained=str(out))[::2],
+            open_clip.create_model_and_transforms(f"local-dir:{folder}")[::2]]:
+        theirs.eval()
+        with torch.no_grad():
+            torch.testing.assert_close(theirs.encode_image(images, normalize=True),
+                                       model.encode_image(images), atol=1e-5, rtol=0)
+            torch.testing.assert_close(theirs.encode_text(tokens, normalize=True),
+                                       model.encode_text(tokens), atol=1e-5, rtol=0)
+            torch.testing.assert_close(theirs.get_logits(images, tokens)[0],
+                                       model.logits(*model(images, tokens)), atol=1e-4, rtol=0)
+        assert (theirs.logit_bias is not None) == (name == "siglip_tiny")
+        image = Image.fromarray(np.arange(40 * 48 * 3, dtype=np.uint8).reshape(40, 48, 3))
+        assert torch.equal(preprocess(image), transform_for(cfg, False)(image))
 
     # llip format as safetensors: config and step ride in the metadata
     again = tmp_path / "again.safetensors"
-    export(path, str(again))
+    umask = os.umask(0o022)
+    try:
+        export(path, str(again))
+    finally:
+        os.umask(umask)
+    # others' jobs read exports: the mode of any new file (safetensors writes its own 0600)
+    assert stat.S_IMODE(os.stat(again).st_mode) == 0o644
     loaded, loaded_cfg, step = load_model(str(again))
     assert loaded_cfg == cfg and step == 7
     for a, b in zip(model_scores(model, cfg), model_scores(loaded, cfg)):
@@ -159,8 +181,6 @@ def test_open_clip_model_as_eval_subject(tiny_open_clip, tmp_path):
 
 
 def test_shipped_released_sweep_names_existing_open_clip_models_and_tags():
-    import os
-
     from evals.sweep_file import load_sweep
     sweep = load_sweep(os.path.join(os.path.dirname(__file__), "..", "..", "config_evals",
                                     "released_and_baselines.yaml"))
@@ -168,3 +188,31 @@ def test_shipped_released_sweep_names_existing_open_clip_models_and_tags():
                 if "openclip" in c]
     assert subjects == ["openclip:ViT-B-16-quickgelu@openai", "openclip:ViT-B-16@laion2b_s34b_b88k",
                         "openclip:ViT-bigG-14@laion2b_s39b_b160k"]
+
+
+def test_open_clip_export_works_wherever_a_model_name_is_accepted(tmp_path):
+    """The export's .json stands for a model name in sweep entries and init_from_model=, its
+    local-dir folder too; their rows are named after the weights, never "_random"."""
+    model, cfg, path = _llip_export(tmp_path, "clip_tiny")
+    weights, config, folder = export(path, str(tmp_path / "mine.safetensors"), "open_clip")
+    images, tokens = model_inputs(cfg)
+    expected = model.logits(*model(images, tokens)).detach()
+    for spec, label in [(subject_spec(config, weights), "openclip_mine_mine"),
+                        (subject_spec(f"local-dir:{folder}", ""), "openclip_mine")]:
+        subject, subject_cfg, _ = load_model(spec)
+        assert subject_cfg.name == label
+        with torch.no_grad():
+            torch.testing.assert_close(subject.logits(*subject(images, tokens)), expected,
+                                       atol=1e-4, rtol=0)
+    with pytest.raises(ConfigError, match="holds its own weights"):
+        subject_spec(f"local-dir:{folder}", weights)
+    with pytest.raises(ConfigError, match="pretrained=laion is neither a file nor one of its "
+                                          "tags \\(it has none\\)"):
+        subject_spec(config, "laion")
+
+    started = resolve("clip_tiny", [f"init_from={weights}", f"init_from_model={config}"])
+    fresh = build_model(started).eval()
+    assert f"({config})" in init_from_weights(fresh, started)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.logits(*fresh(images, tokens)), expected, atol=1e-4,
+                                   rtol=0)

@@ -8,6 +8,25 @@ followed by the patches'; `k_proj`/`v_proj` (K, W, D) map a token by x @ W[k]; `
 nn.Linear weight (they are square in B/16, so a missing transpose would pass every shape
 check); 0-D logit scale/bias. The file wraps them as {"state_dict", "epoch", "optimizer", ..},
 keys maybe prefixed `_orig_mod.` / `module.` (formats.unwrap removes those).
+
+Every key of the release's model (facebookresearch/Llip, llip/open_clip/model.py: classes
+VisualTransformer, CLIP, CMP, xAttnPred) and where it lands here:
+    visual.conv1.weight, visual.ln_pre.*, visual.transformer.resblocks.*, visual.ln_post.*
+                                        same names (CMP sets visual.proj to None: not stored)
+    visual.class_embedding (K, W)       visual.prefix_tokens
+    visual.positional_embedding         visual.prefix_pos (first K rows) + visual.patch_pos
+    token_embedding.weight, positional_embedding, transformer.resblocks.*, ln_final.*
+                                        text.<same>
+    text_projection (W_t, D), x @ W     head.target_proj.weight (transposed)
+    q_proj (W_t, D), x @ W              head.query_proj.weight (transposed)
+    k_proj, v_proj (K, W, D)            head.key_proj, head.value_proj
+    K_norm.*, Q_norm.*, V_norm.*        head.k_norm.*, head.q_norm.*, head.v_norm.* (capitalised
+                                        there; LayerNorm(D) when the model uses qkv norms, as
+                                        H/14 and G/14 do; nn.Identity, nothing stored, otherwise)
+    pred.out_proj (D, D), x @ W         head.out_proj.weight (transposed)
+    logit_scale, logit_bias (0-D)       head.logit_scale, head.logit_bias (1,)
+    out_proj                            older files' name of pred.out_proj (the release's eval,
+                                        evals/metaclip_evals/eval.py, renames it on load)
 """
 from __future__ import annotations
 
@@ -21,12 +40,9 @@ HEAD = {  # released name -> (our name, stored as x @ W: transpose)
     "text_projection": ("head.target_proj.weight", True),
     "pred.out_proj": ("head.out_proj.weight", True),
     "out_proj": ("head.out_proj.weight", True),  # older files, before the `pred.` module
+    **{f"{w.upper()}_norm.{p}": (f"head.{w}_norm.{p}", False)
+       for w in "qkv" for p in ("weight", "bias")},
 }
-# The q/k/v LayerNorms of H/14 and G/14 under the names their files may use.
-for _w in "qkv":
-    for _name in (f"{_w}_norm", f"ln_{_w}", f"pred.{_w}_norm", f"pred.ln_{_w}"):
-        for _p in ("weight", "bias"):
-            HEAD[f"{_name}.{_p}"] = (f"head.{_w}_norm.{_p}", False)
 # ours -> released, one name each (the first of HEAD's aliases)
 _HEAD_OUT = {}
 for _released, (_ours, _transpose) in HEAD.items():

@@ -12,13 +12,21 @@ differences are at the edges of the towers:
     text_projection (W_t, D), x @ W        text_proj (W_t, D), x @ W
     logit_scale, logit_bias (0-D)          logit_scale, logit_bias (1,): FSDP2 shards 1-D only
 open_clip's CustomTextCLIP keeps the same text tower under `text.`; both are read.
+
+A model is named to open_clip by a built-in or registered name, `hf-hub:org/repo`, open_clip's
+`local-dir:FOLDER` (FOLDER/open_clip_config.json {"model_cfg", "preprocess_cfg"} and the weights
+beside it: open_clip_model.safetensors or open_clip_pytorch_model.bin; open_clip/factory.py
+create_model, _find_checkpoint_in_dir), or here also the path of a model config JSON file.
 """
 import dataclasses
+import json
+import os
 
 import torch
 
 from llip.config import RunConfig
 from llip.errors import ConfigError, closest
+from llip.io import read_json
 
 VISION_SAME = ("visual.conv1.", "visual.ln_pre.", "visual.transformer.", "visual.ln_post.")
 TEXT_TOP = ("token_embedding", "positional_embedding", "transformer", "ln_final")
@@ -103,10 +111,64 @@ _TEXT_REQUIRED = {"ls_init_value": None, "embed_cls": False, "no_causal_mask": F
                   "hf_model_name": None}
 
 
+LOCAL_DIR = "local-dir:"  # open_clip's prefix of a model folder
+LOCAL_DIR_CONFIG = "open_clip_config.json"  # {"model_cfg": ..., "preprocess_cfg": ...} in it
+
+
+def is_config_file(name: str) -> bool:
+    """A model config given as its JSON file (what `export --format open_clip` writes)."""
+    return name.endswith(".json")
+
+
+def open_clip_name(name: str) -> str:
+    """The name open_clip knows a model by: a config JSON file is registered with
+    add_model_config under its stem (refused when the stem already names another config)."""
+    if not is_config_file(name):
+        return name
+    import open_clip
+    stem = os.path.splitext(os.path.basename(name))[0]
+    mine = _read_config_file(name)
+    if stem in open_clip.list_models() and open_clip.get_model_config(stem) != mine:
+        raise ConfigError(f"open_clip model config {name}: open_clip already has another model "
+                          f"named {stem}: rename the file")
+    open_clip.add_model_config(name)
+    return stem
+
+
+def _read_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"open_clip model config {path} does not exist")
+    try:
+        found = read_json(path)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exn:
+        raise ConfigError(f"open_clip model config {path} is not readable JSON ({exn})") \
+            from None
+    found = found.get("model_cfg", found) if isinstance(found, dict) else found
+    if not isinstance(found, dict) or not all(k in found for k in ("embed_dim", "vision_cfg",
+                                                                     "text_cfg")):
+        raise ConfigError(f"open_clip model config {path} lacks embed_dim, vision_cfg or "
+                          "text_cfg: not an open_clip model config")
+    return found
+
+
+def label(name: str) -> str:
+    """A model's name for tables: a config file or local-dir folder by its stem."""
+    path = name[len(LOCAL_DIR):].rstrip("/") if name.startswith(LOCAL_DIR) else \
+        name if is_config_file(name) else None
+    if path is None:
+        return name.replace("/", "_").replace(":", "_")
+    return os.path.splitext(os.path.basename(path))[0]
+
+
 def model_config(name: str) -> dict:
     """open_clip's config of a model name (built-in, a JSON registered with add_model_config,
-    or hf-hub:org/repo when online); a one-line error with the closest names otherwise."""
+    a config JSON file, a local-dir:FOLDER, or hf-hub:org/repo when online); a one-line error
+    with the closest names otherwise."""
     import open_clip
+    if is_config_file(name):
+        return _read_config_file(name)
+    if name.startswith(LOCAL_DIR):
+        return _read_config_file(os.path.join(name[len(LOCAL_DIR):], LOCAL_DIR_CONFIG))
     try:
         found = open_clip.get_model_config(name)
     except Exception as exn:  # hub unreachable, repo without an open_clip config
@@ -174,6 +236,14 @@ def config_of(cfg: RunConfig) -> dict:
     if cfg.loss == "siglip":
         out["init_logit_bias"] = cfg.logit_bias_init  # makes open_clip create logit_bias
     return out
+
+
+def local_dir_config(cfg: RunConfig) -> dict:
+    """The open_clip_config.json of a local-dir folder: the model config and the preprocessing
+    our evals use (open_clip's defaults at the model's image size)."""
+    from open_clip.transform import PreprocessCfg
+    return {"model_cfg": config_of(cfg),
+            "preprocess_cfg": dataclasses.asdict(PreprocessCfg(size=cfg.image_size))}
 
 
 def builtin_name(oc: dict):

@@ -58,10 +58,12 @@ def test_eval_shards_never_execute_and_catalog_pipe_needs_opt_in(tmp_path):
     assert torch.cat([y for _, y in batches]).tolist() == [1, 1, 1, 1]
     assert not marker.exists()
     for path in (f"pipe:touch {piped}; cat {shard}", f"{{pipe:touch {piped}; cat ,}}{shard}"):
-        catalog.write_text(json.dumps({"bad": {**entry, "path": path}}))
+        catalog.write_text(json.dumps({"bad": {**entry, "path": path}, "ok": {**entry,
+                                                                           "path": shard}}))
+        refused = load_catalogs([str(catalog)])  # refused for that dataset only
         with pytest.raises(ConfigError, match="shell command"):
-            load_catalogs([str(catalog)])
-        assert not piped.exists()
+            refused["bad"]
+        assert refused["ok"]["path"] == shard and not piped.exists()
     allowed = load_catalogs([str(catalog)], allow_pipe=True)["bad"]
     list(classification_batches(allowed, lambda im: torch.zeros(1), 4, 0)[0])
     assert piped.exists()  # the user opted in: the command ran
