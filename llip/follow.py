@@ -179,9 +179,10 @@ def follow_once(root: str, launcher: str) -> int:
     return len(new)
 
 
-def _training_live(root: str) -> bool:
+def _training_live(root: str) -> int:
+    """How many runs still train (or may: unknown while the controller does not answer)."""
     rows, _ = statuses([(run, {}) for run in followed_runs(root)])
-    return any(row.state in (*ACTIVE, "unknown") for row in rows)  # unknown: cannot tell yet
+    return sum(row.state in (*ACTIVE, "unknown") for row in rows)
 
 
 def aggregate(root: str) -> None:
@@ -193,17 +194,23 @@ def aggregate(root: str) -> None:
 def follow(root: str, poll: float = 60.0, launcher: str = "slurm") -> None:
     """The follower: hand on checkpoints until training is over, wait (bounded) for those
     evals, aggregate the table."""
+    said = None
     while True:
         live = _training_live(root)  # asked first: a run that ends now still gets looked at
         follow_once(root, launcher)
         if not live:
             break
+        if live != said:
+            print(f"{live} run(s) training; looking again every {poll:g}s", flush=True)
+            said = live
         time.sleep(poll)
     settings = _read_eval_file(follower_eval_file(root)).get("slurm") or {}
     deadline = time.time() + 60 * settings.get("max_wait_min", DEFAULT_MAX_WAIT_MIN)
     arrays = [j for row in followed(root) for j in row.get("jobs", [])]
+    print(f"training is over; waiting for {len(arrays)} eval job(s)", flush=True)
     while any(slurm.is_live(j) for j in arrays) and time.time() < deadline:
         time.sleep(poll)
+    print("aggregating the table", flush=True)
     aggregate(root)
 
 
