@@ -104,9 +104,10 @@ def last_error(run_dir: str) -> str:
         except (OSError, UnicodeDecodeError):
             continue
         lines = [line.strip() for line in text.splitlines()]
-        if any(line.startswith("error: ") for line in lines) or any(
-                _EXCEPTION.match(line) for line in lines):
-            return one_line("\n".join(["Traceback", *lines]))
+        ours = [line for line in lines if line.startswith("error: ")]
+        raised = [line for line in lines if _EXCEPTION.match(line)]
+        if ours or raised:  # (a traceback's last line: our own class names dropped)
+            return one_line(ours[-1] if ours else f"Traceback\n{raised[-1]}")
     return ""
 
 

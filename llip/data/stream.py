@@ -273,17 +273,25 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
         worker_init_fn=worker_init)
 
 
-# The signals SLURM sends every process of a job before it stops it (preemption, time limit):
-# they are the trainer's to handle (requeue, finish a checkpoint). A worker that died of one
-# first would make torch raise in the trainer mid-requeue, and the job would be lost.
-TRAINER_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+# SLURM signals every process of a job before it stops it (USR1/USR2 from --signal before a time
+# limit or a preemption, TERM when it ends the job): they are the trainer's to handle (requeue,
+# finish a checkpoint). A worker killed by one would make torch raise in the trainer, in the
+# middle of its requeue, and the job would be lost; so a worker ignores USR1/USR2 and leaves on
+# TERM with exit status 0, which torch does not count as a failure (and which lets the exiting
+# trainer's own SIGTERM to its workers end them, where ignoring TERM would hang that exit).
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
 
 
 def worker_init(_worker_id=None) -> None:
-    """A DataLoader worker leaves the job's stop signals to its trainer, and dies with it."""
-    for sig in TRAINER_SIGNALS:
+    """A DataLoader worker leaves the job's signals to its trainer, and dies with it."""
+    for sig in IGNORED_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave)
     die_with_parent()
+
+
+def _leave(signum, frame):
+    os._exit(0)
 
 
 def die_with_parent() -> None:

@@ -88,10 +88,11 @@ def test_killed_trainer_takes_its_workers_along_and_its_lock_is_taken_over(digit
         # 2 workers, more while a restarted stream's workers replace the old ones
         workers = set(_children(trainer.pid))
         assert len(workers) >= 2, workers
-        # SLURM signals every process of a job before it stops it: the workers leave those
-        # signals to the trainer (one dying of them would make torch raise mid-requeue)
+        # SLURM signals every process of a job before a time limit or a preemption: the
+        # workers leave those signals to the trainer (one dying of them would make torch
+        # raise in the trainer, in the middle of its requeue)
         for worker in workers:
-            for sig in (signal.SIGTERM, signal.SIGUSR2):
+            for sig in (signal.SIGUSR1, signal.SIGUSR2):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(worker, sig)
         time.sleep(2)
