@@ -168,6 +168,9 @@ def test_every_released_key_lands_where_the_table_says(tmp_path):
         else:
             landed = ours[target].reshape(shapes[released])
         assert torch.equal(landed, state[released]), (released, target)
+    back = llip_release.from_ours(ours)  # and the adapter's other direction gives the file back
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k].reshape(back[k].shape))
+                                           for k in state)
 
 
 def test_released_b16_and_g14_shapes():
