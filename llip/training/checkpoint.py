@@ -11,8 +11,8 @@ hashes the files that rank wrote. DCP's save ends with the coordinator (rank 0) 
 rank's write results and writing the metadata, so when a rank's save has finished, all ranks'
 files are on disk; the digests are then gathered (on the checkpoint's own gloo group) and rank 0
 writes the marker and renames, without stopping any rank's training. A new save first waits for
-the previous one; the end of training waits for the last; a SIGTERM (where nothing else handles
-it) ends the run through the same wait, so a save in flight still completes.
+the previous one; the end of training waits for the last; a stop signal (llip.training.stop)
+ends the run through the same wait, so a save in flight still completes.
 Every checkpoint's COMPLETE marker records the sha256 and size of each of its files (each rank
 hashes its own, so hashing time does not grow with the world size). Resume verifies the newest
 checkpoint's digests (each rank its share, the verdict shared by all) before reading it, and
@@ -24,7 +24,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 
@@ -127,7 +126,6 @@ class Checkpointer:
         # backend.
         self.group = dist.new_cpu_group() if cfg.checkpoint_async else None
         self.pending = None  # (_Finisher thread, final path) of the save in flight
-        self._old_sigterm = None
 
     def save(self, step: int, model, optimizer, trainer_state: dict) -> None:
         self.wait()
@@ -153,7 +151,6 @@ class Checkpointer:
         if self.pending is None:
             return
         thread, final = self.pending
-        # A SIGTERM that interrupts this wait leaves the save pending for the exit to finish.
         # (An Event, not Thread.join: a join interrupted by a signal can leave the thread
         # reported dead while it still runs, and the exit would not wait for it.)
         if not thread.finished.wait(timeout=timeout):
@@ -164,14 +161,9 @@ class Checkpointer:
                 raise thread.error
 
     def __enter__(self) -> "Checkpointer":
-        if (self.cfg.checkpoint_async and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
-            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._old_sigterm is not None:  # a second SIGTERM kills at once
-            signal.signal(signal.SIGTERM, self._old_sigterm)
         if exc_type is None:
             self.wait()
             return
@@ -216,10 +208,6 @@ def _named(final: str):
             line = (f"cannot write checkpoint {final}: the disk holding it is full ({free} "
                     "bytes free): free space or write elsewhere")
         raise StorageError(line) from None
-
-
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
 
 
 def _saved_files(directory: str) -> list[str]:

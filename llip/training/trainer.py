@@ -7,6 +7,7 @@ sees the same batches and takes the same updates as a run that never stopped.
 """
 import math
 import os
+import signal
 
 import torch
 
@@ -32,6 +33,7 @@ from llip.training.metrics import MetricsLogger, Window
 from llip.training.model_setup import build_for_training
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
+from llip.training.stop import StopRequest
 from llip.training.throughput import Meter, step_flops
 
 MAX_LOGIT_SCALE = math.log(100)
@@ -113,8 +115,9 @@ class Trainer:
                 self._write_run_files(run_dir, start, world.size)
             logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
             try:
-                with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver:
-                    self._loop(model, optimizer, world, start, logger, saver,
+                with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver, \
+                        StopRequest(world.size) as stop:
+                    self._loop(model, optimizer, world, start, logger, saver, stop,
                                Meter(cfg, world, flops))
             finally:
                 logger.close()
@@ -141,7 +144,7 @@ class Trainer:
         return iter(loader)
 
     # ------------------------------------------------------------------ loop
-    def _loop(self, model, optimizer, world, start, logger, saver, meter) -> None:
+    def _loop(self, model, optimizer, world, start, logger, saver, stop, meter) -> None:
         cfg = self.cfg
         autocast = autocast_for(cfg, world)
         batches = self._stream(world, start)
@@ -151,7 +154,12 @@ class Trainer:
         evaluator = TrainingEvals(cfg, world)
         last_saved = start
         for step in range(start, cfg.total_steps):
-            images, tokens, counts = meter.next_batch(batches)
+            try:
+                images, tokens, counts = meter.next_batch(batches)
+            except RuntimeError:  # the signal reached the data workers too, and they left
+                if not stop.signum:
+                    raise
+                _stop(stop.signum, step, saver)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
             loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, world)
@@ -181,6 +189,18 @@ class Trainer:
                 saver.save(done, model, optimizer,
                            {"step": done, "samples_seen": done * cfg.batch_size})
                 last_saved = done
+            signum = stop.requested()
+            if signum and done < cfg.total_steps:
+                _stop(signum, done, saver)
+
+
+def _stop(signum: int, done: int, saver) -> None:
+    """A stop signal: the checkpoint in flight completes, then the exit status a default
+    action would give, so that launchers and schedulers see the signal."""
+    print(f"{signal.Signals(signum).name} received: stopping after step {done}, once the "
+          "checkpoint in flight is complete", flush=True)
+    saver.wait()
+    raise SystemExit(128 + signum)
 
 
 def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> torch.Tensor:
