@@ -1,8 +1,10 @@
 """Stop requests: a signal is a flag, checked by the loop at a safe point, never an exception.
 
-SIGTERM (a kill, scancel, torchrun's shutdown) and SIGUSR2 (a time limit's warning under plain
-srun) only set a flag here, where nothing else handles them (under submitit, its own handlers
-requeue the job and are left alone). A handler that raised would raise from whatever frame runs
+SIGTERM (a kill, scancel, a preemption, torchrun's shutdown) and SIGUSR2 (a time limit's warning
+under plain srun) only set a flag here, where nothing else handles them. Under submitit its
+SIGUSR2 handler (checkpoint and requeue) is left alone; its SIGTERM handler only logs
+("bypass"), so a cancelled or preempted job would train on until SLURM's SIGKILL, which can land
+in the middle of a save: there the flag replaces it. A handler that raised would raise from whatever frame runs
 at that moment: in a DataLoader iterator's `__del__` Python prints "Exception ignored ...
 SystemExit" and the run goes on, so a preemption would be swallowed. The loop asks `requested()`
 after each step; the stop then finishes the save in flight and exits 128 + signum, as the
@@ -34,7 +36,7 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                if signal.getsignal(sig) == signal.SIG_DFL:
+                if _unhandled(signal.getsignal(sig)):
                     self._previous[sig] = signal.signal(sig, self._on_signal)
         return self
 
@@ -64,3 +66,9 @@ class StopRequest:
         self._pending = torch_dist.all_reduce(self._flag, op=torch_dist.ReduceOp.MAX,
                                               group=self._group, async_op=True)
         return agreed
+
+
+def _unhandled(handler) -> bool:
+    """Nothing acts on the signal: the default action, or submitit's handler that only logs."""
+    return handler == signal.SIG_DFL or \
+        getattr(handler, "__qualname__", "") == "SignalHandler.bypass"

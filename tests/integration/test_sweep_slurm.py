@@ -130,8 +130,12 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
     rerun = _sweep(digits, tmp_path, bad)
     assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert "4 point(s): 2 completed, 2 failed; 2 to start (slurm)" in rerun.stdout
-    wait_for(lambda: all((sweep_dir / p / "checkpoints" / "step_00000010" / "COMPLETE").exists()
-                         for p in failing), 300, "the re-run's first checkpoints")
+    # cancelled while they train (at their first step: the command takes seconds to reach
+    # them, in which the 40 steps of a point could otherwise all be done)
+    def stepped(point):  # the failed attempt logged no step
+        path = metrics_path(str(sweep_dir / point))
+        return os.path.exists(path) and '"step"' in read_text(path)
+    wait_for(lambda: all(stepped(p) for p in failing), 300, "the re-run's first steps")
 
     # cancel: the jobs stop, every complete checkpoint still verifies and loads
     cancel = run_cli("-m", "llip.status", str(sweep_dir), "--cancel")
