@@ -5,7 +5,13 @@
 * Resampled (default): every (rank, worker) draws shards with replacement from its own RNG, so
   2.5B samples never need a file listing and the stream is infinite. The RNG seed is a function of
   (seed, rank, worker, start_step): restarting the stream at a checkpoint's step reproduces the
-  exact same batches, which is what makes resume exact.
+  exact same batches, which is what makes resume exact. Readers draw independently, so ranks are
+  not disjoint: over n draws of n shards about 1 - 1/e = 63% of the shards are read.
+* Partitioned (`dataset_resampled=false`): each pass deals a fresh permutation of the shards to
+  the readers (rank x worker) in disjoint equal slices. A stream restarted at step s is
+  positioned, not replayed: each worker's pass, shard and samples to skip in that shard follow
+  from s (train_num_samples / shards samples per shard), so resume reads nothing consumed
+  (except what sat in the shuffle buffer) and continues the same sequence.
 * Corrupt samples and unreadable shards are skipped with a warning and counted; every batch
   carries the counts since the previous batch of its worker, so the trainer can log exact totals.
 * Every batch also carries a 32-bit digest of its samples' keys and captions, computed in the
@@ -25,6 +31,7 @@ import zlib
 from urllib.parse import urlparse
 
 import braceexpand
+import numpy
 import torch
 import webdataset as wds
 
@@ -193,30 +200,57 @@ def _resampled_shards(sources, weights, rng):
         yield {"url": rng.choice(sources[source]), "source": source}
 
 
-def _partitioned_shards(sources, rng, index, count):
-    """Without resampling: a disjoint slice of the shards per (rank, worker), reshuffled
-    every pass."""
+def _partitioned_shards(sources, seed: int, reader: int, readers: int, start: int = 0,
+                        pass_samples: int = 0):
+    """Without resampling: every pass is a new permutation of all shards (a function of seed and
+    pass), dealt to the `readers` (ranks x workers) in equal disjoint slices of n // readers
+    shards; the n % readers left over sit that pass out (a different few each pass). The reader
+    begins `start` samples into its sequence, counting pass_samples / n samples per shard: the
+    pass and shard are computed, not read through, and the first shard's "skip" says how many
+    of its samples were already consumed."""
     urls = [u for s in sources for u in s]
-    if len(urls) < count:
-        raise DataError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
+    per_pass = len(urls) // readers
+    if not per_pass:
+        raise DataError(f"dataset_resampled=false needs >= {readers} shards (ranks x workers), "
                         f"found {len(urls)}: use dataset_resampled=true")
+    if start and pass_samples <= 0:
+        raise ValueError("a partitioned stream that starts past sample 0 needs pass_samples")
+    shard = start * len(urls) // pass_samples if start else 0
+    skip = start - shard * pass_samples // len(urls) if start else 0
+    pass_no, index = divmod(shard, per_pass)
     while True:
-        order = urls[:]
-        random.Random(rng.random()).shuffle(order)  # same permutation on every (rank, worker)
-        for url in order[index::count]:
-            yield {"url": url}
+        order = _pass_order(len(urls), seed, pass_no)
+        for i in range(index, per_pass):
+            yield {"url": urls[order[reader + i * readers]], **({"skip": skip} if skip else {})}
+            skip = 0
+        pass_no, index = pass_no + 1, 0
+
+
+def _pass_order(n: int, seed: int, pass_no: int):
+    """The permutation of n shards for one pass (numpy's legacy RandomState: its streams are
+    frozen across numpy versions, so a resumed run deals the same shards)."""
+    return numpy.random.RandomState(stream_seed(seed, pass_no) % 2 ** 32).permutation(n)
+
+
+def consumed_samples(step: int, batch_size: int, worker: int, workers: int) -> int:
+    """Samples a worker of a rank has yielded by `step` of a stream started at step 0: the
+    DataLoader takes a rank's batches from its workers in turn, worker w making the batches
+    w, w + workers, w + 2 * workers, ..."""
+    return max(0, -(-(step - worker) // workers)) * batch_size
 
 
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, sources, weights, transform, tokenizer, batch_size: int, *,
                  shuffle_buffer: int, seed: int, rank: int, world_size: int, start_step: int,
-                 resampled: bool = True, max_corrupt_fraction: float = 0.5):
+                 resampled: bool = True, max_corrupt_fraction: float = 0.5,
+                 pass_samples: int = 0):
         super().__init__()
         self.sources, self.weights = sources, weights
         self.transform, self.tokenizer, self.batch_size = transform, tokenizer, batch_size
         self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
         self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
         self.max_corrupt_fraction = max_corrupt_fraction
+        self.pass_samples = pass_samples  # samples in all shards (positions a partitioned stream)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -230,9 +264,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.resampled:
             shards = _resampled_shards(self.sources, self.weights, rng)
         else:
-            shards = _partitioned_shards(self.sources, random.Random(self.seed),
-                                         self.rank * n_workers + worker,
-                                         self.world_size * n_workers)
+            shards = _partitioned_shards(
+                self.sources, self.seed, self.rank * n_workers + worker,
+                self.world_size * n_workers,
+                consumed_samples(self.start_step, self.batch_size, worker, n_workers),
+                self.pass_samples)
         images, captions, digest = [], [], 0
         for image, caption, key in decode_samples(shards, self.transform, self.shuffle_buffer,
                                                   rng, shard_errors, sample_errors, watch):
@@ -251,7 +287,9 @@ def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
     """{"url": ...} dicts -> (image tensor, caption, key); every failure is counted and
     skipped."""
     watch = watch or ShardWatch(None)
-    samples = watch.read_samples(wds.tarfile_to_samples(handler=shard_errors)(watch.urls(shards)))
+    skips = {}
+    samples = watch.read_samples(_skip_consumed(wds.tarfile_to_samples(handler=shard_errors)(
+        watch.urls(_note_skips(shards, skips))), skips))
     if shuffle_buffer > 1:
         samples = wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=rng)(samples)
     for sample in samples:
@@ -269,6 +307,26 @@ def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
         watch.good(sample)
         sample_errors.ok()
         yield item
+
+
+def _note_skips(shards, skips: dict):
+    for shard in shards:
+        if shard.get("skip"):
+            skips[shard["url"]] = shard["skip"]
+        yield shard
+
+
+def _skip_consumed(samples, skips: dict):
+    """Drop the first skips[url] samples of shard `url` (only a resumed partitioned stream's first
+    shard has an entry: the samples trained on before the checkpoint), without decoding them."""
+    for sample in samples:
+        if skips:
+            url = sample.get("__url__")
+            if skips.get(url, 0) > 0:
+                skips[url] -= 1
+                continue
+            skips.clear()  # past the consumed head of the first shard (or it was unreadable)
+        yield sample
 
 
 _TEXT_EXTS = TEXT_KEYS.split(";")
@@ -297,7 +355,8 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
         sources, parse_weights(cfg.train_data_weights, len(sources)), transform, tokenizer,
         local_batch_size(cfg, world_size), shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
         rank=world_rank, world_size=world_size, start_step=start_step,
-        resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction)
+        resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction,
+        pass_samples=cfg.train_num_samples)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if cfg.workers else None, persistent_workers=False,
