@@ -208,7 +208,7 @@ def _partitioned_shards(sources, seed: int, reader: int, readers: int, start: in
     begins `start` samples into its sequence, counting pass_samples / n samples per shard: the
     pass and shard are computed, not read through, and the first shard's "skip" says how many
     of its samples were already consumed."""
-    urls = [u for s in sources for u in s]
+    urls = sources[0] if len(sources) == 1 else [u for s in sources for u in s]
     per_pass = len(urls) // readers
     if not per_pass:
         raise DataError(f"dataset_resampled=false needs >= {readers} shards (ranks x workers), "
