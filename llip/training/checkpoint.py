@@ -235,8 +235,8 @@ def _saved_files(metadata) -> list[str]:
     dcp.save returns on every rank (what it wrote to .metadata), not a directory listing that
     a network file system may show stale. Not re-read from disk: .metadata holds a chunk per
     tensor per rank (95 MB for llip_G14 at 256 ranks), and every rank would read all of it."""
-    data = {str(info.relative_path) for info in metadata.storage_data.values()}
-    return sorted(data | {METADATA, CONFIG})
+    data = {info.relative_path for info in metadata.storage_data.values()}  # a chunk each
+    return sorted({str(name) for name in data} | {METADATA, CONFIG})
 
 
 def load(path: str, model, optimizer) -> dict:
