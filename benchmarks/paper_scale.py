@@ -390,10 +390,13 @@ def op_mix(size, _fixture):
 
 
 def op_commit(ranks, fixture_):
-    """Every rank's share (its digests; the file list from the metadata in memory), then the
-    main rank's marker: the commit's code without the gather (measured apart with gloo)."""
+    """Each rank's share (its digests, its files found in the metadata in memory), then the
+    main rank's marker: the commit's code without the gather (measured apart with gloo). Every
+    rank does the same work, so ranks 0, 1, W/2 and W-1 run _hash_share (timed) and the others'
+    shares are their files' digests, computed alike, so that the marker is the job's."""
     import shutil
 
+    from llip.checkpoint_files import digests, owner
     from llip.run_configs import resolve
     from llip.training.checkpoint import _commit, _hash_share
     tmp, load = fixture_
@@ -406,7 +409,12 @@ def op_commit(ranks, fixture_):
             shutil.rmtree(tmp, ignore_errors=True)
             os.rename(final, tmp)
         shares, slowest = [], 0.0
+        sampled = {0, 1, ranks // 2, ranks - 1}
         for r in range(ranks):
+            if r not in sampled:
+                shares.append(digests(tmp, [f"__{r}_0.distcp"]))
+                assert owner(f"__{r}_0.distcp", ranks) == r
+                continue
             start = time.perf_counter()
             shares.append(_hash_share(tmp, cfg, metadata, r, ranks))
             slowest = max(slowest, time.perf_counter() - start)
@@ -561,7 +569,11 @@ def measure(op: str, size: int, root: str, repeats: int, sleep: float) -> dict:
 
 # ---------------------------------------------------------------- the table (parent)
 def _fmt_s(x: float) -> str:
-    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+    if x >= 100:
+        return f"{x:.0f} s"
+    if x >= 1:
+        return f"{x:.3g} s"
+    return f"{x * 1e3:.3g} ms" if x >= 1e-3 else f"{x * 1e6:.3g} us"
 
 
 def _growth(sizes, values) -> str:
@@ -626,8 +638,8 @@ def main() -> None:
           f"{sys.version.split()[0]}, load {os.getloadavg()[0]:.1f}; repeats {args.repeats}; "
           f"latency {args.latency_ms:g} ms per call ({'slept' if args.sleep else 'added'})",
           flush=True)
-    head = ["operation", "simulated shape (3 sizes)", "seconds: median (min-max)", "peak MiB",
-            "fs calls", f"s at {args.latency_ms:g} ms/call", "growth k: time / memory",
+    head = ["operation", "simulated shape (3 sizes)", "time: median (min-max)", "peak MiB",
+            "fs calls", f"time at {args.latency_ms:g} ms/call", "growth k: time / memory",
             "checked at the largest size"]
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head), flush=True)
     for op in ops:
