@@ -111,14 +111,12 @@ class Calls:
         class Listing:
             def __init__(self, *args):
                 calls.hit()
-                self.inner, self.names = real_scandir(*args), 0
+                self.inner = real_scandir(*args)
 
             def __iter__(self):
-                for entry in self.inner:
-                    self.names += 1
-                    if self.names % 1000 == 0:
-                        calls.hit()
-                    yield entry
+                entries = list(self.inner)
+                calls.hit(len(entries) // 1000)
+                return iter(entries)
 
             def __enter__(self):
                 return self
@@ -580,7 +578,7 @@ def _growth(sizes, values) -> str:
     lo, hi = values[0], values[-1]
     if lo <= 0 or hi <= 0:
         return "-"
-    return f"{math.log(hi / lo) / math.log(sizes[-1] / sizes[0]):.2f}"
+    return f"{round(math.log(hi / lo) / math.log(sizes[-1] / sizes[0]), 2) + 0.0:.2f}"
 
 
 def run_op(op: str, args) -> list[str]:
