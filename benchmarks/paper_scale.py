@@ -97,6 +97,7 @@ class Calls:
 
     def install(self) -> None:
         real_stat, real_open, real_scandir = os.stat, builtins.open, os.scandir
+        self.real = real_stat, real_open, real_open, real_scandir
 
         def stat(*args, **kwargs):
             self.hit()
@@ -128,6 +129,9 @@ class Calls:
                 self.inner.close()
 
         os.stat, builtins.open, io.open, os.scandir = stat, opened, opened, Listing
+
+    def uninstall(self) -> None:
+        os.stat, builtins.open, io.open, os.scandir = self.real
 
 
 # ---------------------------------------------------------------- fixtures (not timed)
@@ -556,7 +560,8 @@ def measure(op: str, size: int, root: str, repeats: int, sleep: float) -> dict:
         spent += time.perf_counter() - start
         seconds.append(facts.pop("_seconds", time.perf_counter() - start))
     counted = -(-calls.count // facts.pop("_per", 1))  # one rank's, where ranks are simulated
-    calls.sleep, peak = 0.0, None
+    calls.uninstall()  # the memory run without the counting (its listings hold every name)
+    peak = None
     if op not in ONCE:
         tracemalloc.start()
         run()
