@@ -1,9 +1,8 @@
 """Result files of eval tasks: torn or foreign files are not done, same-named checkpoints never
 share a file or a label, a store is read with one open per result."""
-import builtins
-import collections
 import json
-import os
+
+from helpers import count_fs_calls
 
 
 # ------------------------------------------------------------ result files
@@ -64,19 +63,7 @@ def test_a_store_is_read_with_one_open_per_result_and_plotted_in_rows(tmp_path, 
         for d in range(7):
             files.append(store / "results" / f"clip_demo__{step}__set{d}.json")
             files[-1].write_text(json.dumps({**result, "dataset": f"set{d}"}))
-    calls = collections.Counter()
-    real_open, real_stat = builtins.open, os.stat
-
-    def opened(path, *args, **kwargs):
-        calls["open", str(path)] += 1
-        return real_open(path, *args, **kwargs)
-
-    def stat(path, *args, **kwargs):
-        calls["stat", str(path)] += 1
-        return real_stat(path, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", opened)
-    monkeypatch.setattr(os, "stat", stat)
+    calls = count_fs_calls(monkeypatch)
     wide = aggregate(str(store), groups={}, catalog={})
     assert [read_result(str(f)) is not None for f in files] == [True] * 21
     monkeypatch.undo()

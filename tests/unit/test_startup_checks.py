@@ -1,12 +1,12 @@
 """What a training run checks before it writes anything: the per-rank batch, and the shards
 (checked by the main rank only, with few file-system calls)."""
-import builtins
 import collections
 import dataclasses
 import os
 
 import pytest
 
+from helpers import count_fs_calls
 from llip.data import stream
 from llip.errors import ConfigError
 from llip.run_configs import resolve
@@ -45,15 +45,11 @@ def test_shards_are_checked_by_the_main_rank_only(tmp_path, monkeypatch):
     check_shards_once(cfg, World(rank=1))  # alone it cannot hear the main rank: no error
 
 
-def _counting(monkeypatch) -> collections.Counter:
-    """Counts of the file-system calls made from now on (stat, listing, open)."""
-    calls = collections.Counter()
-    for module, name in ((os, "stat"), (os, "scandir"), (builtins, "open")):
-        def counted(*args, _real=getattr(module, name), _name=name, **kwargs):
-            calls[_name] += 1
-            return _real(*args, **kwargs)
-        monkeypatch.setattr(module, name, counted)
-    return calls
+def _by_call(calls) -> collections.Counter:
+    totals = collections.Counter()
+    for (name, _), n in calls.items():
+        totals[name] += n
+    return totals
 
 
 def test_shard_check_lists_a_directory_once_instead_of_a_stat_per_shard(tmp_path, monkeypatch):
@@ -64,12 +60,12 @@ def test_shard_check_lists_a_directory_once_instead_of_a_stat_per_shard(tmp_path
         with open(tmp_path / f"s-{i:03d}.tar", "wb") as f:
             f.truncate(20_000)  # sparse: more than an empty tar's 10 KiB
     spec = f"{tmp_path}/s-{{000..299}}.tar"
-    calls = _counting(monkeypatch)
+    calls = count_fs_calls(monkeypatch)
     stream.check_shards(stream.expand_sources(spec))
-    assert calls == {"scandir": 1, "stat": 1}
+    assert _by_call(calls) == {"scandir": 1, "stat": 1}
     calls.clear()
     stream.check_shards(stream.expand_sources(f"{tmp_path}/s-{{000..009}}.tar"))
-    assert calls == {"stat": 10 + 1}
+    assert _by_call(calls) == {"stat": 10 + 1}
     monkeypatch.undo()
     os.remove(tmp_path / "s-150.tar")
     with pytest.raises(ConfigError, match=r"missing shard .*s-150.tar \(1 of 300 in its"):
