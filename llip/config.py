@@ -288,6 +288,9 @@ def _check_data(cfg: RunConfig) -> None:
     if len(weights) != len(sources):
         raise ConfigError(f"train_data_weights has {len(weights)} entries but train_data "
                           f"has {len(sources)} sources: give one weight per '::' source")
+    if not cfg.dataset_resampled:
+        raise ConfigError("train_data_weights needs dataset_resampled=true: without resampling "
+                          "every shard is read once per pass, whatever the weights")
 
 
 # ---------------------------------------------------------------- resume

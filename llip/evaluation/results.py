@@ -48,9 +48,8 @@ def tau_key(tau):
 
 
 def read_result(path: str):
-    """The result in `path`, or None when it is missing or not a complete result."""
-    if not os.path.exists(path):
-        return None
+    """The result in `path`, or None when it is missing or not a complete result (one open:
+    no stat first, a metadata call fewer per result on a parallel file system)."""
     try:
         result = read_json(path)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):

@@ -104,8 +104,9 @@ def die_if_step_4(checkpoint_id):
     if checkpoint_id.endswith("step_00000004.tmp"):  # files written, not yet marked complete
         os.kill(os.getpid(), signal.SIGKILL)
 def save_then_die(state, checkpoint_id, **kwargs):
-    real_save(state, checkpoint_id=checkpoint_id, **kwargs)
+    metadata = real_save(state, checkpoint_id=checkpoint_id, **kwargs)
     die_if_step_4(checkpoint_id)
+    return metadata
 def async_save_then_die(state, checkpoint_id, **kwargs):
     future = real_async_save(state, checkpoint_id=checkpoint_id, **kwargs)
     future.result()  # the background write is done: every file of the step is on disk

@@ -42,6 +42,9 @@ def test_overrides_are_typed():
         resolve("llip_tiny", ["quick_gelu=maybe"])
     with pytest.raises(ConfigError, match="train_data_weights has 1 entries but train_data has 2"):
         resolve("llip_tiny", ["train_data=a.tar::b.tar", "train_data_weights=1"])
+    with pytest.raises(ConfigError, match="train_data_weights needs dataset_resampled=true"):
+        resolve("llip_tiny", ["train_data=a.tar::b.tar", "train_data_weights=1::2",
+                              "dataset_resampled=false"])
 
 
 def test_eval_and_keep_every_fields_are_validated():

@@ -1,6 +1,8 @@
 """Result files of eval tasks: torn or foreign files are not done, same-named checkpoints never
-share a file or a label."""
+share a file or a label, a store is read with one open per result."""
 import json
+
+from helpers import count_fs_calls
 
 
 # ------------------------------------------------------------ result files
@@ -45,3 +47,29 @@ def test_same_named_checkpoints_get_distinct_files_and_labels(tmp_path):
     assert [labels[r["id"]] for r in results] == [
         "clip_demo (a/clip_demo)", "clip_demo (b/clip_demo)", "clip_demo (a/model.pt)",
         "clip_demo (b/model.pt)", "clip_demo (a/clip_demo)", "siglip_demo"]
+
+
+def test_a_store_is_read_with_one_open_per_result_and_plotted_in_rows(tmp_path, monkeypatch):
+    """21 results (3 steps x 7 datasets): the aggregation and the done checks open each result
+    file once and never stat it (on a parallel file system each call costs ~2 ms: 10,000
+    results would cost 20 s per extra call); the plot's panels wrap into rows."""
+    from evals.aggregate import aggregate
+    from evals.results import read_result
+    store = tmp_path / "store"
+    (store / "results").mkdir(parents=True)
+    files = []
+    for step in (10, 20, 30):
+        result = _result(None, step=step, checkpoint=f"/r/a/clip_demo/checkpoints/step_{step:08d}")
+        for d in range(7):
+            files.append(store / "results" / f"clip_demo__{step}__set{d}.json")
+            files[-1].write_text(json.dumps({**result, "dataset": f"set{d}"}))
+    calls = count_fs_calls(monkeypatch)
+    wide = aggregate(str(store), groups={}, catalog={})
+    assert [read_result(str(f)) is not None for f in files] == [True] * 21
+    monkeypatch.undo()
+    assert len(wide) == 3 and {f"set{d}" for d in range(7)} <= set(wide.columns)
+    assert {calls["open", str(f)] for f in files} == {2}  # aggregate once, done check once
+    assert not any(calls["stat", str(f)] for f in files)
+    from PIL import Image
+    with Image.open(store / "results_vs_step.png") as png:
+        assert png.height > 1.5 * 3.2 * 120  # 2 rows of panels (3.2 in at 120 dpi), not 1
