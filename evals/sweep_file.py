@@ -12,6 +12,7 @@ import yaml
 from evals import checkpoints
 from llip.errors import ConfigError, closest
 from llip.evaluation.catalog import DEFAULT_CATALOG, expand
+from llip.io import read_yaml
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,9 +158,8 @@ def load_sweep(path: str, required=("checkpoints", "output_dir"), announce=None)
     if not os.path.exists(path):
         raise ConfigError(f"eval config {path} does not exist")
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exn:
+        raw = read_yaml(path) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exn:
         raise ConfigError(f"eval config {path} is not valid YAML: {str(exn).splitlines()[0]}") \
             from None
     if not isinstance(raw, dict):

@@ -44,7 +44,7 @@ import yaml
 from llip.cli import cli
 from llip.errors import ConfigError, one_line
 from llip.evaluation.catalog import expand
-from llip.io import atomic_write, read_text
+from llip.io import atomic_write, read_text, read_yaml
 from llip.run_dir import (
     complete_checkpoints,
     eval_store,
@@ -71,9 +71,8 @@ DEFAULT_MAX_WAIT_MIN = 120
 
 def _read_eval_file(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as exn:
+        raw = read_yaml(path) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exn:
         raise ConfigError(f"eval file {path} cannot be read ({one_line(exn)})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"eval file {path} must be a mapping of keys (catalogs, datasets, ...)")

@@ -401,6 +401,11 @@ def export(source: str, out: str, fmt: str = "llip", config: str = "") -> list[s
     open_clip.add_model_config, sweep entries and init_from_model=) and <stem>.open_clip/, an
     open_clip local-dir folder (for a model name alone: `local-dir:<stem>.open_clip`, as
     CLIP_benchmark's --model takes it) holding the config and the same weights."""
+    if fmt != "llip" and os.path.splitext(out)[1] in (".json", LOCAL_DIR_SUFFIX):
+        raise ConfigError(f"export to {out}: the open_clip format writes the model config to "
+                          f"<stem>.json and a <stem>{LOCAL_DIR_SUFFIX}/ folder beside the weights, "
+                          "so this name would be overwritten: name the weights file .pt, .bin "
+                          "or .safetensors")
     model, cfg, step = load_model(source, config=config)
     if fmt == "llip":
         return [save_export(out, model, cfg, step)]

@@ -45,7 +45,7 @@ import yaml
 
 from llip.config import RunConfig, from_dict, to_dict
 from llip.errors import CheckpointError, ConfigError
-from llip.io import atomic_write, read_json, write_json
+from llip.io import atomic_write, read_json, read_yaml, write_json
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -207,9 +207,8 @@ def eval_store(root: str) -> str:
     """Where the evals of a sweep's or run's checkpoints land: the output_dir its eval file
     names (recorded in the follower's eval file at launch), else <root>/evals."""
     try:
-        with open(follower_eval_file(root), encoding="utf-8") as f:
-            out = (yaml.safe_load(f) or {}).get("output_dir")
-    except (OSError, yaml.YAMLError, AttributeError):
+        out = (read_yaml(follower_eval_file(root)) or {}).get("output_dir")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         out = None
     return os.path.abspath(out if isinstance(out, str) and out else evals_dir(root))
 
@@ -238,8 +237,7 @@ def read_config_dict(directory: str) -> dict:
     version whose fields differ from this one's."""
     path = os.path.join(directory, CONFIG)
     try:
-        with open(path, encoding="utf-8") as f:
-            saved = yaml.safe_load(f)
+        saved = read_yaml(path)
     except (yaml.YAMLError, UnicodeDecodeError) as exn:
         raise ConfigError(f"{path} is not valid YAML ({str(exn).splitlines()[0]})") from None
     if not isinstance(saved, dict):

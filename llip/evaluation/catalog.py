@@ -49,6 +49,7 @@ from llip.errors import ConfigError
 from llip.evaluation import prompts
 from llip.evaluation.datasets import ALLOW_PIPE, TORCHVISION, refuse_pipe
 from llip.evaluation.evaluators import EVALUATORS
+from llip.evaluation.zeroshot import fill_template
 from llip.io import read_json, read_text
 
 FORMATS = ("wds", "imagefolder", "filelist", "json", "torchvision")
@@ -61,9 +62,11 @@ _VAR = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
 
 
 def expand(text: str) -> str:
-    """${VAR} and ${VAR:-default} from the environment (unset without default: left as is)."""
-    return _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None
-                                              else m.group(0)), text)
+    """${VAR} and ${VAR:-default} from the environment (unset without default: left as is),
+    then a leading ~ or ~user, as a shell would expand them in a path."""
+    text = _VAR.sub(lambda m: os.environ.get(m.group(1), m.group(2) if m.group(2) is not None
+                                             else m.group(0)), text)
+    return os.path.expanduser(text) if text.startswith("~") else text
 
 
 def _open_clip_list(ref: str, where: str):
@@ -150,8 +153,11 @@ def validate_entry(name: str, entry, source: str, base_dir: str, allow_pipe=Fals
         if isinstance(out["classnames"], list) and n is not None and n != len(out["classnames"]):
             raise ConfigError(f"{where}: {len(out['classnames'])} classnames but classes={n}: "
                               "fix the list or the count")
-        if not all("{c}" in t or "{}" in t for t in out["templates"]):
-            raise ConfigError(f"{where}: every template needs the placeholder {{c}} (or {{}})")
+        for template in out["templates"]:  # parsed as they will be filled, before any work
+            try:
+                fill_template(template, "x")
+            except ConfigError as exn:
+                raise ConfigError(f"{where}: {exn}") from None
     return out
 
 

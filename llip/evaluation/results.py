@@ -56,12 +56,25 @@ def read_result(path: str):
         return None
     if not isinstance(result, dict) or any(k not in result for k in REQUIRED):
         return None
+    if not (all(isinstance(result[k], str) for k in ("id", "model", "dataset", "metric"))
+            and (result["step"] is None or _is_int(result["step"]))):
+        return None  # e.g. "step": "final" from another tool: not ours to sort and plot
     entries = result["by_tau"]
     if not isinstance(entries, list) or not entries or not all(
             isinstance(e, dict) and isinstance(e.get("metrics"), dict)
-            and result["metric"] in e["metrics"] and "eval_tau" in e for e in entries):
+            and result["metric"] in e["metrics"] and "eval_tau" in e
+            and all(v is None or _is_number(v) for v in e["metrics"].values())
+            for e in entries):
         return None
     return result
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def missing_taus(result, taus) -> list:

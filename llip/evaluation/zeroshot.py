@@ -38,6 +38,9 @@ def fill_template(template: str, classname: str) -> str:
     if unknown:
         raise ConfigError(f"template {template!r} has the placeholder {{{unknown[0]}}}: only "
                           "{c} or {} (the class name) is filled in; fix the template")
+    if not fields:  # e.g. "{{c}}": literal braces, every class would get the same prompt
+        raise ConfigError(f"template {template!r} has no placeholder for the class name: write "
+                          "{c} (or {}) where it goes")
     return template.format(*[classname] * fields.count(""), c=classname)
 
 

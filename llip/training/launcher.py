@@ -8,6 +8,7 @@ only the config (never a model or optimizer), submitit requeues the job, and the
 from the newest complete checkpoint, which it writes every `checkpoint_every` steps.
 """
 import os
+import shlex
 import shutil
 import sys
 
@@ -64,7 +65,8 @@ def sbatch_script(cfg) -> str:
     """The script `sbatch` would get; needs no SLURM on this machine."""
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls
     folder = submitit_folder(cfg)
-    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
+    # quoted as submitit quotes its own command: a space or "$(...)" in a path stays a path
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
     return _make_sbatch_string(command=command, folder=folder, **slurm.parameters(cfg))
 
 

@@ -69,6 +69,11 @@ def test_clip_benchmark_scores_our_open_clip_export_like_our_evals(trained_clip,
     exported = run_cli("-m", "llip.training.export", trained_clip,
                        str(tmp_path / "clip_demo.safetensors"), "--format", "open_clip")
     assert exported.returncode == 0, exported.stderr[-2000:]
+    collides = run_cli("-m", "llip.training.export", trained_clip, str(tmp_path / "clip.json"),
+                       "--format", "open_clip")  # the config would overwrite the weights
+    assert collides.returncode == 2 and "would be overwritten" in collides.stderr, \
+        collides.stderr[-2000:]
+    assert not (tmp_path / "clip.json").exists()
     lines = dict(line.split(":", 1) for line in exported.stdout.splitlines()[1:]
                  if not line.startswith(" "))
     command = shlex.split(lines["CLIP_benchmark"])

@@ -1,6 +1,8 @@
 """The training commands as a user meets them: bad input is one line with exit code 2, --list
 and --print, the SLURM command's dry run and its refusal without SLURM, a bad batch split that
 fails before anything is written."""
+import shlex
+
 import pytest
 
 from helpers import run_cli
@@ -51,6 +53,13 @@ def test_submit_cli_dry_run_and_no_slurm_errors(digits, tmp_path, monkeypatch):
                  "#SBATCH --partition=learn", "#SBATCH --mem=480GB", "#SBATCH --signal=USR2@120",
                  "#SBATCH --job-name=llip_b16"):
         assert line in dry.stdout, line
+    # a printed script is run as printed: a path with a space or "$(...)" stays one word
+    odd = tmp_path / "my runs $(touch pwned)"
+    dry = run_cli("submitit_openclip.py", "llip_b16", f"train_data={digits['train']}",
+                  f"logs={odd}", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    command = shlex.split(dry.stdout.strip().splitlines()[-1])
+    assert command[-1] == str(odd / "llip_b16" / "submitit"), command
     args = ["submitit_openclip.py", "llip_tiny", f"train_data={digits['train']}",
             f"logs={tmp_path}"]
     no_slurm = run_cli(*args, env={"PATH": str(tmp_path)})  # no sbatch/srun on PATH

@@ -2,6 +2,7 @@
 dataset readers, the sweep YAML's types."""
 import json
 import os
+import re
 
 import pytest
 
@@ -92,3 +93,27 @@ def test_sweep_yaml_types_are_checked(tmp_path):
     sweep = load_sweep(str(path))
     assert sweep.eval_tau == [1.0, 5.0]
     assert sweep.checkpoints == [{"path": "a", "all": False}, {"path": "b", "all": True}]
+    # paths are expanded as a shell would: ~ (not a literal ./~ directory) and ${VAR}
+    path.write_text(yaml.safe_dump({"checkpoints": ["~/runs/a"], "output_dir": "~/evals"}))
+    sweep = load_sweep(str(path))
+    home = os.path.expanduser("~")
+    assert sweep.output_dir == os.path.join(home, "evals") and home != "~"
+    assert sweep.checkpoints[0]["path"] == os.path.join(home, "runs", "a")
+
+
+@pytest.mark.parametrize("template, needle", [
+    ("a handwritten digit {{c}}", "no placeholder for the class name"),  # literal braces
+    ("a photo of {label}", "has the placeholder {label}"),
+    ("a photo of {c", "not a valid format string"),
+    ("a photo", "no placeholder for the class name"),
+])
+def test_templates_are_parsed_when_the_catalog_is_read(template, needle):
+    """A template is refused with the catalog entry, before any work, as it would be filled:
+    "{{c}}" holds the substring "{c}" but fills in no class name (every prompt alike)."""
+    from llip.errors import ConfigError
+    from llip.evaluation.catalog import validate_entry
+    entry = {"task": "zeroshot_classification", "format": "wds", "path": "/nowhere/{0..1}.tar",
+             "metric": "acc1", "classnames": ["a", "b"],
+             "templates": ["a photo of a {c}.", template]}
+    with pytest.raises(ConfigError, match="^catalog t: dataset 't'.*" + re.escape(needle)):
+        validate_entry("t", entry, "t", "/")
