@@ -1,9 +1,12 @@
 """Data: streaming WebDataset shards for training, demo data, transforms and tokenizer."""
 import io
 import json
+import os
+import stat
 
+import numpy
 import open_clip
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Image members a sample may carry, in webdataset's key syntax (first present wins).
 IMAGE_KEYS = "jpg;jpeg;png;webp"
@@ -17,8 +20,75 @@ def sample_image(sample: dict) -> Image.Image:
     if key is None:
         raise ValueError(f"sample {sample.get('__key__')!r} has no image member ({IMAGE_KEYS})")
     with Image.open(io.BytesIO(sample[key])) as image:
-        image.load()
-        return image.convert("RGB")
+        return to_rgb(image)
+
+
+# Wider or taller than this is no photograph (a 1 x 4,000,000 PNG is 8 KB, and dies in a resize
+# to 224 on the short side with a bare MemoryError): refused by name instead.
+MAX_ASPECT = 50
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """The RGB image as a viewer shows it: EXIF orientation applied (phones store JPEGs sideways
+    with a rotate tag), 16-bit grey scaled to 8 bits (PIL's convert clips it: a 16-bit PNG came
+    out 99.6% white); anything else as PIL converts it."""
+    width, height = image.size
+    if max(width, height) > MAX_ASPECT * max(1, min(width, height)):
+        raise ValueError(f"image of {width}x{height} pixels: an aspect ratio beyond "
+                         f"{MAX_ASPECT}:1 is not a picture to train or evaluate on")
+    if image.getexif().get(ORIENTATION, 1) != 1:
+        image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":  # 16-bit grey: 0..65535
+        wide = numpy.asarray(image, dtype=numpy.float64)
+        image = Image.fromarray(numpy.clip(wide / 257.0 + 0.5, 0, 255).astype(numpy.uint8))
+    return image.convert("RGB")
+
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+def open_image(path: str) -> Image.Image:
+    """The RGB image in the file at `path`, which must be a regular file: a FIFO or a device
+    named like an image would block the reader for ever (opened without waiting, then refused)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file (a FIFO, device or socket named "
+                             "like an image): remove it from the folder")
+        with os.fdopen(fd, "rb") as f:
+            fd = None
+            with Image.open(io.BytesIO(f.read())) as image:
+                return to_rgb(image)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def sample_captions(sample: dict) -> list[str]:
+    """The captions of a training sample. Its .json, if it names any ("captions": several, one
+    drawn per use; or "caption"); else its .txt as open_clip reads it: the whole text is one
+    caption (newlines and a leading "[" included, never parsed). A .json without captions, or not
+    JSON, does not shadow a good .txt."""
+    found = _json_captions(sample["json"]) if "json" in sample else []
+    if found or "txt" not in sample:
+        return found
+    text = sample["txt"]
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exn:
+            raise ValueError(f"caption is not UTF-8 text (byte {exn.start})") from None
+    return [text.strip()] if text.strip() else []
+
+
+def _json_captions(raw) -> list[str]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON (or not UTF-8): the .txt, if any, decides
+        return []
+    if not isinstance(value, (dict, list)):
+        return []
+    return caption_list(value)
 
 
 def caption_list(value) -> list[str]:

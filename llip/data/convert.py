@@ -37,7 +37,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from llip.cli import cli
-from llip.data import caption_list
+from llip.data import caption_list, open_image
 from llip.errors import ConfigError, StorageError, storage_error
 from llip.io import atomic_path, atomic_write, read_text, sha256_file, write_json
 from llip.io import read_json as read_json_file
@@ -175,15 +175,14 @@ def input_digest(path: str) -> str:
 
 # ------------------------------------------------------------ shard writing (in workers)
 def encode_image(path, resize, image_format, quality) -> bytes:
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if resize and min(image.size) > resize:
-            scale = resize / min(image.size)
-            image = image.resize((round(image.width * scale), round(image.height * scale)),
-                                 Image.BICUBIC)
-        buf = io.BytesIO()
-        image.save(buf, format="WEBP" if image_format == "webp" else "JPEG", quality=quality)
-        return buf.getvalue()
+    image = open_image(path)  # upright (EXIF orientation applied), 8-bit RGB
+    if resize and min(image.size) > resize:
+        scale = resize / min(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)),
+                             Image.BICUBIC)
+    buf = io.BytesIO()
+    image.save(buf, format="WEBP" if image_format == "webp" else "JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def write_shard(out_dir, index, records, resize, image_format, quality) -> dict:

@@ -15,7 +15,7 @@ import webdataset as wds
 from PIL import Image
 
 from llip.cli import cli
-from llip.data import IMAGE_KEYS, caption_list
+from llip.data import IMAGE_KEYS, caption_list, to_rgb
 from llip.data.stream import check_shards, expand_sources, manifest_samples
 from llip.errors import ConfigError
 
@@ -41,8 +41,8 @@ def scan(spec: str, grid_size: int = 16) -> dict:
             if image_key is None:
                 raise ValueError("no image member")
             with Image.open(io.BytesIO(sample[image_key])) as image:
-                image.load()
-                thumb = image.convert("RGB") if len(stats["grid"]) < grid_size else None
+                rgb = to_rgb(image)  # decoded as training decodes it
+                thumb = rgb if len(stats["grid"]) < grid_size else None
         except Exception as exn:  # noqa: BLE001 - report, keep scanning
             stats["corrupt"].append(f"{key}: {type(exn).__name__}: {str(exn)[:120]}")
             continue

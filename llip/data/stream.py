@@ -35,7 +35,7 @@ import numpy
 import torch
 import webdataset as wds
 
-from llip.data import caption_list, sample_image
+from llip.data import sample_captions, sample_image
 from llip.data.health import ShardWatch, SkipCounter, source_name
 from llip.errors import ConfigError, DataError
 from llip.io import read_json
@@ -336,10 +336,9 @@ _TEXT_EXTS = TEXT_KEYS.split(";")
 
 def image_and_captions(sample: dict):
     """The RGB image and caption list of a raw sample, decoding only those two members."""
-    text_key = next((k for k in _TEXT_EXTS if k in sample), None)
-    if text_key is None:
+    if not any(k in sample for k in _TEXT_EXTS):
         raise ValueError(f"sample {sample.get('__key__')!r} has no caption member ({TEXT_KEYS})")
-    return sample_image(sample), caption_list(sample[text_key])
+    return sample_image(sample), sample_captions(sample)
 
 
 def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, transform,

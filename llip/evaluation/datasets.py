@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from webdataset import tarfile_to_samples
 
-from llip.data import IMAGE_KEYS, caption_list
+from llip.data import IMAGE_KEYS, caption_list, open_image, to_rgb
 from llip.data.stream import expand_sources, local_path, worker_init
 from llip.errors import ConfigError, one_line
 from llip.io import read_json
@@ -46,8 +46,7 @@ class _Files(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         path, target = self.items[i]
-        with Image.open(path) as image:
-            return self.transform(image.convert("RGB")), target
+        return self.transform(open_image(path)), target
 
 
 def _loader(items, transform, batch_size, workers, rank=0, world=1):
@@ -136,7 +135,7 @@ class _RGB:
         self.transform = transform
 
     def __call__(self, image):
-        return self.transform(image.convert("RGB"))
+        return self.transform(to_rgb(image))
 
 
 def torchvision_dataset(entry, transform):
@@ -190,7 +189,7 @@ class _Shards(torch.utils.data.IterableDataset):
                         continue
                 data = _first(sample, IMAGE_KEYS, "image", self.entry)
                 with Image.open(io.BytesIO(data)) as image:
-                    pixels = self.transform(image.convert("RGB"))
+                    pixels = self.transform(to_rgb(image))
                 target = int(_first(sample, self.target_key, "label", self.entry)) \
                     if self.target_key else 0
                 yield pixels, target, shard, pos
@@ -282,7 +281,7 @@ def _annotated_shard_batches(entry, transform, label_key: str, batch_size: int):
     for url in _shard_urls(entry):
         for sample in _shard_samples(url):
             with Image.open(io.BytesIO(_first(sample, IMAGE_KEYS, "image", entry))) as image:
-                images.append(transform(image.convert("RGB")))
+                images.append(transform(to_rgb(image)))
             labels.append(json.loads(_first(sample, label_key, "label", entry)))
             if len(images) == batch_size:
                 yield torch.stack(images), labels

@@ -1,14 +1,16 @@
 """Stop requests: a signal is a flag, checked by the loop at a safe point, never an exception.
 
 SIGTERM (a kill, scancel, a preemption, torchrun's shutdown) and SIGUSR2 (a time limit's warning
-under plain srun) only set a flag here, where nothing else handles them. Under submitit its
-SIGUSR2 handler (checkpoint and requeue) is left alone; its SIGTERM handler only logs
-("bypass"), so a cancelled or preempted job would train on until SLURM's SIGKILL, which can land
-in the middle of a save: there the flag replaces it. A handler that raised would raise from whatever frame runs
-at that moment: in a DataLoader iterator's `__del__` Python prints "Exception ignored ...
-SystemExit" and the run goes on, so a preemption would be swallowed. The loop asks `requested()`
-after each step; the stop then finishes the save in flight and exits 128 + signum, as the
-default action would have. A second signal of the same kind kills at once.
+under plain srun) only set a flag here, where nothing else acts on them. A handler that raised
+would raise from whatever frame runs at that moment: in a DataLoader iterator's `__del__` Python
+prints "Exception ignored ... SystemExit" and the run goes on, so a preemption would be
+swallowed. The loop asks `requested()` after each step; the stop then finishes the save in
+flight and exits 128 + signum, as the default action would have. A second signal of the same
+kind kills at once.
+
+Under submitit, its SIGUSR2 handler (checkpoint and requeue) is left alone; its SIGTERM handler
+only logs ("bypass"), so a cancelled or preempted job would train on until SLURM's SIGKILL,
+which can land in the middle of a save: there the flag replaces it.
 
 With several ranks the flag is agreed (the maximum over ranks) by an all-reduce on a gloo group
 of its own, started after one step and read after the next, so every rank stops after the same
