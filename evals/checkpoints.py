@@ -10,12 +10,14 @@ LOADERS maps a checkpoint's `kind` to the function that loads it for the runner.
 """
 import dataclasses
 import glob
+import hashlib
+import json
 import os
 
 from llip.errors import ConfigError, UserError
 from llip.evaluation.results import checkpoint_id
 from llip.loading import checkpoint_info, load_model, subject_spec, subject_tag
-from llip.run_dir import complete_checkpoints, is_complete, latest
+from llip.run_dir import complete_checkpoints, is_complete, latest, read_marker
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,7 @@ class Checkpoint:
     loss: str
     kind: str = "llip"  # key of LOADERS
     config: str = ""  # a released Llip file's config, when the sweep names one
+    fingerprint: str = ""  # what its weights are (fingerprint()): part of a result's identity
 
     @property
     def id(self) -> str:  # a named config is part of what the result is of
@@ -89,7 +92,20 @@ def checkpoint_of(path: str, config: str = ""):
         return Unreadable(path, str(exn) if isinstance(exn, UserError)
                           else f"{type(exn).__name__}: {exn}")
     name = cfg.name if ours else os.path.splitext(os.path.basename(path))[0]
-    return Checkpoint(path, name, step, cfg.loss, config=config)
+    return Checkpoint(path, name, step, cfg.loss, config=config, fingerprint=fingerprint(path))
+
+
+def fingerprint(path: str) -> str:
+    """A checkpoint dir: the sha256 of its COMPLETE marker's file digests (what was written);
+    a file (an export, a released or open_clip file): its size and modification time (a file
+    replaced at the same path differs; hashing gigabytes at every planning would not scale)."""
+    if os.path.isdir(path):
+        files = read_marker(path).get("files") or {}
+        return "files:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    if os.path.isfile(path):
+        info = os.stat(path)
+        return f"file:{info.st_size}:{info.st_mtime_ns}"
+    return ""
 
 
 def _expand_path(entry) -> list:
@@ -115,7 +131,9 @@ def _expand_openclip(entry) -> list:
     """{openclip: NAME, pretrained: PATH_OR_TAG}: an open_clip model, checked while planning
     (an unknown name or tag is bad sweep input), loaded only by its tasks."""
     spec = subject_spec(entry["openclip"], entry.get("pretrained", ""))
-    return [Checkpoint(spec, subject_tag(spec), 0, "clip", kind="openclip")]
+    pretrained = entry.get("pretrained", "")
+    return [Checkpoint(spec, subject_tag(spec), 0, "clip", kind="openclip",
+                       fingerprint=fingerprint(pretrained) if pretrained else "")]
 
 
 EXPANDERS = {"path": _expand_path, "openclip": _expand_openclip}

@@ -17,7 +17,7 @@ import time
 
 from evals import checkpoints
 from evals.aggregate import aggregate
-from evals.runner import run_task, task_name
+from evals.runner import identity_of, run_task, task_name
 from evals.sweep_file import SweepConfig, load_sweep
 from llip import code_snapshot
 from llip.cli import cli
@@ -64,7 +64,8 @@ def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
 
 
 def is_done(task) -> bool:
-    return not results.missing_taus(results.read_result(task["output"]), task["taus"])
+    existing = results.reusable(results.read_result(task["output"]), identity_of(task))
+    return not results.missing_taus(existing, task["taus"])
 
 
 def _scores(result) -> str:

@@ -24,8 +24,16 @@ def task_name(task) -> str:
     return f"{ckpt.label}__{task['dataset']['name']}__{ckpt.id}"
 
 
+def identity_of(task) -> dict:
+    """What the task's result is of (llip.evaluation.results.identity)."""
+    entry = task["dataset"]
+    return results.identity(entry, task["checkpoint"].fingerprint,
+                            EVALUATORS[entry["task"]].version)
+
+
 def run_task(task: dict) -> dict:
-    existing = results.read_result(task["output"])
+    # another catalog entry, checkpoint or evaluator than the stored result's: all taus again
+    existing = results.reusable(results.read_result(task["output"]), identity_of(task))
     todo = results.missing_taus(existing, task["taus"])
     if not todo:
         return existing
@@ -48,10 +56,11 @@ def run_task(task: dict) -> dict:
     kept = existing["by_tau"] if existing else []
     by_tau = sorted(kept + [{**s, "value": s["metrics"][entry["metric"]]} for s in scored],
                     key=lambda e: (e["eval_tau"] is not None, e["eval_tau"] or 0))
-    result = {"id": ckpt.id, "label": ckpt.label, "model": cfg.name, "loss": cfg.loss,
-              "step": step, "checkpoint": ckpt.path, "dataset": entry["name"],
-              "task": entry["task"], "split": entry.get("split", ""), "metric": entry["metric"],
-              "n": scored[0]["metrics"]["n"], "images_encoded": encoded,
-              "seconds": round(time.time() - start, 2), "by_tau": by_tau}
+    result = {"version": results.VERSION, "id": ckpt.id, "label": ckpt.label,
+              "model": cfg.name, "loss": cfg.loss, "step": step, "checkpoint": ckpt.path,
+              "dataset": entry["name"], "task": entry["task"], "split": entry.get("split", ""),
+              "metric": entry["metric"], "n": scored[0]["metrics"]["n"], "images_encoded": encoded,
+              "seconds": round(time.time() - start, 2), "identity": identity_of(task),
+              "by_tau": by_tau}
     write_json(task["output"], result, indent=1)
     return result

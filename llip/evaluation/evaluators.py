@@ -52,6 +52,7 @@ class Evaluator:
     fields: tuple = ()  # catalog fields of this task beyond the common ones
     needs_prompts = False  # classnames + templates
     uses_tau = True  # scored through the model's logits, so Llip's eval tau applies
+    version = 1  # raise when a change alters this task's numbers: stored results are redone
     sharded = False  # can score a share of the images and merge (inside training)
 
     def check(self, entry: dict, where: str) -> None:

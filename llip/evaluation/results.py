@@ -3,9 +3,17 @@ of a sweep's follower and of the status board): names that cannot collide, valid
 readable labels.
 
 One JSON per (checkpoint, dataset) task, written atomically:
-    {"id", "label", "model", "loss", "step", "checkpoint", "dataset", "task", "split", "metric",
-     "n", "images_encoded", "seconds",
+    {"version": 2, "id", "label", "model", "loss", "step", "checkpoint", "dataset", "task",
+     "split", "metric", "n", "images_encoded", "seconds",
+     "identity": {"digest", "catalog_entry", "checkpoint", "evaluator_version"},
      "by_tau": [{"eval_tau": null | number, "value": <main metric>, "metrics": {...}}, ...]}
+`identity` (version 2) records everything a result is of besides the eval taus: the sha256 of
+its catalog entry as validated (class names, templates, path, split, metric, ...), the
+checkpoint's fingerprint (a checkpoint dir: the file digests of its COMPLETE marker; a file:
+its size and modification time) and the evaluator's version; `digest` hashes the three. A result
+is reused only when its digest is the task's: an edited catalog entry or a checkpoint replaced
+at the same path is evaluated again, never served stale. Version-1 results (no identity) are
+still read by the tables, and evaluated again when a sweep asks for them.
 `id` is a short hash of the checkpoint's absolute path and step: two checkpoints that share a
 run name, a file name or a step never share a result. `by_tau` holds one entry per Llip eval
 temperature, all scored from the same image embeddings; CLIP/SigLIP have one entry with
@@ -24,6 +32,23 @@ from llip.io import read_json, write_json
 from llip.run_dir import run_dir_of
 
 REQUIRED = ("id", "model", "step", "checkpoint", "dataset", "task", "metric", "by_tau")
+VERSION = 2
+
+
+def identity(entry: dict, checkpoint_fingerprint: str, evaluator_version: int) -> dict:
+    """What a result is of, besides the taus (see the module doc); JSON-ready."""
+    parts = {"catalog_entry": hashlib.sha256(json.dumps(
+                 entry, sort_keys=True, default=str).encode()).hexdigest(),
+             "checkpoint": checkpoint_fingerprint, "evaluator_version": evaluator_version}
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return {"digest": digest, **parts}
+
+
+def reusable(result, task_identity: dict):
+    """`result` if it was computed from exactly the task's inputs, else None (run again)."""
+    if result is None or not isinstance(result.get("identity"), dict):
+        return None
+    return result if result["identity"].get("digest") == task_identity["digest"] else None
 
 
 def checkpoint_id(path: str, step) -> str:

@@ -54,7 +54,7 @@ def test_a_store_is_read_with_one_open_per_result_and_plotted_in_rows(tmp_path, 
     file once and never stat it (on a parallel file system each call costs ~2 ms: 10,000
     results would cost 20 s per extra call); the plot's panels wrap into rows."""
     from evals.aggregate import aggregate
-    from evals.results import read_result
+    from llip.evaluation.results import read_result
     store = tmp_path / "store"
     (store / "results").mkdir(parents=True)
     files = []
