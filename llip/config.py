@@ -300,7 +300,9 @@ def _check_data(cfg: RunConfig) -> None:
 SAFE_TO_CHANGE = frozenset({
     "name", "description", "logs",  # where the run lives (a moved run dir still resumes)
     "epochs",  # train longer (the cosine schedule is stretched from the resumed step on)
-    "log_every", "checkpoint_every", "keep_last", "wandb_project", "wandb_mode",
+    "log_every", "checkpoint_every", "keep_last", "keep_every", "checkpoint_async",
+    "wandb_project", "wandb_mode", "peak_tflops",  # bookkeeping and reporting
+    "eval_every", "eval_datasets", "eval_catalog",  # what is measured along the way
     "workers", "nodes", "gpus_per_node",  # DCP reshards; the batch order then differs
     "torch_compile", "grad_checkpointing", "llip_chunk",  # speed/memory, same maths
     "max_corrupt_fraction",
@@ -311,12 +313,25 @@ SAFE_TO_CHANGE = frozenset({
 
 
 def config_changes(saved: dict, cfg: RunConfig) -> list[str]:
-    """'key saved -> new' for every field outside SAFE_TO_CHANGE that differs."""
+    """'key saved -> new' for every field outside SAFE_TO_CHANGE that differs. train_data may
+    change where the shards moved: the same file names, in the same order, in every source."""
     new = to_dict(cfg)
     defaults = to_dict(RunConfig())
     return [f"{key} {saved.get(key, defaults[key])!r} -> {value!r}"
             for key, value in new.items()
-            if key not in SAFE_TO_CHANGE and saved.get(key, defaults[key]) != value]
+            if key not in SAFE_TO_CHANGE and saved.get(key, defaults[key]) != value
+            and not (key == "train_data" and moved_shards(saved.get(key, ""), value))]
+
+
+def moved_shards(old: str, new: str) -> bool:
+    """The same shards at another place: equal file names, in order, source by source."""
+    def names(spec):
+        return [[u.rstrip("/").rsplit("/", 1)[-1] for u in braceexpand.braceexpand(s.strip())]
+                for s in spec.split("::")]
+    try:
+        return names(old) == names(new)
+    except braceexpand.UnbalancedBracesError:
+        return False
 
 
 # ---------------------------------------------------------------- dict form

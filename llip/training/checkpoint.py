@@ -40,15 +40,18 @@ from llip.checkpoint_files import (
     owner,
     verify,
 )
+from llip.config import config_changes
 from llip.errors import CheckpointError, StorageError, UserError, storage_error
 from llip.run_dir import (
     CONFIG,
     checkpoint_dir,
     clean_partial,
     complete_checkpoints,
+    has_config,
     mark_corrupt,
     partial_dir,
     prune,
+    read_config_dict,
     read_marker,
     write_config,
     write_marker,
@@ -227,6 +230,16 @@ def _saved_files(metadata) -> list[str]:
     return sorted({str(name) for name in data} | {METADATA, CONFIG})
 
 
+def _check_same_run(path: str, cfg) -> None:
+    if not has_config(path):  # nothing to compare: its files decide
+        return
+    changes = config_changes(read_config_dict(path), cfg)
+    if changes:
+        raise CheckpointError(
+            f"checkpoint {path} was written by another run ({', '.join(changes[:4])}): move it "
+            "out of this run dir, or resume it with its own config")
+
+
 def load(path: str, model, optimizer) -> dict:
     """Load into (possibly sharded) model and optimizer in place; return the trainer state.
     The caller has verified `path` (resume)."""
@@ -244,16 +257,19 @@ def load(path: str, model, optimizer) -> dict:
     return {k: v.item() for k, v in state["trainer"].items()}
 
 
-def resume(run_dir: str, model, optimizer, world) -> int:
+def resume(run_dir: str, cfg, model, optimizer, world) -> int:
     """Load the newest checkpoint that verifies on every rank and return its step (0: none).
     One that does not verify is moved aside (step_X.corrupt) with a warning and the previous
-    one is tried; if none verifies the run stops rather than silently start over."""
+    one is tried; if none verifies the run stops rather than silently start over. One written
+    by another run (its own config.yaml differs in a field that changes the maths: another
+    seed, lr, model...) is refused in one line, never loaded as this run's."""
     if world.is_main:
         clean_partial(run_dir)
     dist.barrier()
     candidates = dist.all_gather_object(complete_checkpoints(run_dir))[0]  # rank 0's view
     first_problem = None
     for path in reversed(candidates):
+        _check_same_run(path, cfg)
         # each rank hashes its share of the files; all get the same verdict
         problem, corrupt = verify(path, world.rank, world.size, dist.all_gather_object)
         if problem is None:

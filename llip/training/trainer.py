@@ -107,7 +107,7 @@ class Trainer:
         optimizer = build_optimizer(model, cfg)
         lock = claim_run_dir(run_dir, cfg, world)  # one run, one config per run dir
         try:
-            start = checkpoint.resume(run_dir, model, optimizer, world)  # verified, or previous
+            start = checkpoint.resume(run_dir, cfg, model, optimizer, world)  # verified
             if start > cfg.total_steps:
                 raise ConfigError(f"{run_dir} is at step {start}, past this config's "
                                   f"{cfg.total_steps} steps: raise epochs to train on")

@@ -95,3 +95,42 @@ def test_divergence_stops_without_a_nonfinite_checkpoint(digits, tmp_path):
     for ckpt in complete_checkpoints(str(tmp_path / "div")):
         model = load_model(ckpt)[0]
         assert all(torch.isfinite(p).all() for p in model.parameters()), ckpt
+
+
+def test_another_runs_checkpoint_is_refused_not_resumed(digits, run, tmp_path):
+    """A checkpoint of another run (another seed and lr; then another model: a Llip run's)
+    copied into this run dir as its newest: resume names it, in one line, and loads nothing."""
+    other = run_cli("-m", "llip.main", "llip_tiny", f"train_data={digits['train']}",
+                    f"logs={tmp_path / 'other'}", "name=run", "train_num_samples=160",
+                    "checkpoint_every=5", "log_every=5", "seed=3", "lr=0.002", "epochs=2")
+    assert other.returncode == 0, other.stderr[-2000:]
+    planted = checkpoint_dir(str(run / "run"), 20)
+    shutil.copytree(checkpoint_dir(str(tmp_path / "other" / "run"), 20), planted)
+    metrics = (run / "run" / "metrics.jsonl").read_text()
+    assert_one_error(run_cli(*_args(digits, run, "epochs=3")), f"checkpoint {planted} was "
+                     "written by another run (")
+    refused = run_cli(*_args(digits, run, "epochs=3"))
+    assert "seed 3 -> 0" in refused.stderr and "loss 'llip' -> 'clip'" in refused.stderr
+    assert (run / "run" / "metrics.jsonl").read_text() == metrics  # nothing trained
+
+
+def test_safe_changes_and_moved_shards_resume(digits, run, tmp_path):
+    """Bookkeeping fields (keep_every, checkpoint_async, peak_tflops, in-training evals) may
+    change on resume, and shards that moved (same file names, new directory) continue the
+    run; other data is refused."""
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    train = digits["train"]
+    folder, pattern = os.path.split(train)
+    for name in os.listdir(folder):
+        if name.startswith("train-"):
+            shutil.copy(os.path.join(folder, name), moved / name)
+    args = _args(digits, run, "epochs=2", "keep_every=10", "checkpoint_async=false",
+                 "peak_tflops=100")
+    args[args.index(f"train_data={train}")] = f"train_data={moved / pattern}"
+    resumed = run_cli(*args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stdout and "at step 10" in resumed.stdout
+    other_data = pattern.replace("train-", "test-").split("{")[0] + "{000000..000000}.tar"
+    args[args.index(f"train_data={moved / pattern}")] = f"train_data={folder}/{other_data}"
+    assert_one_error(run_cli(*args[:-3], "epochs=3"), "train_data ")
