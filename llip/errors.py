@@ -56,6 +56,12 @@ _OUR_PREFIX = re.compile(r"^(?:[\w.]+\.)?(?:" + "|".join(
                          Diverged)) + r"): ")
 
 
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: control characters (ESC sequences in a tar member's
+    name would recolour or rewrite the screen) shown escaped, as repr shows them."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
+
+
 def one_line(exn: BaseException | str) -> str:
     """An exception (or a command's output) as the one line a user should read: the last
     `error: ...` line of one of our commands; the last line of a traceback (torch's DataLoader

@@ -40,7 +40,7 @@ import sys
 import time
 
 from llip.cli import cli
-from llip.errors import ConfigError, one_line
+from llip.errors import ConfigError, one_line, printable
 from llip.evaluation.results import read_result, result_files
 from llip.io import atomic_write, read_json, read_text
 from llip.run_dir import (
@@ -325,6 +325,7 @@ def table(rows: list[RunStatus]) -> str:
                      _fmt_eta(r.eta_s), "" if r.checkpoint is None else str(r.checkpoint),
                      "" if r.eval_average is None else f"{r.eval_average:.4f} @{r.eval_step}",
                      r.job, r.note[:120]])
+    body = [[printable(x) for x in line] for line in body]  # notes quote logs and data
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip()
              for line in [head, *body]]

@@ -17,7 +17,7 @@ from PIL import Image
 from llip.cli import cli
 from llip.data import IMAGE_KEYS, caption_list, to_rgb
 from llip.data.stream import check_shards, expand_sources, manifest_samples
-from llip.errors import ConfigError
+from llip.errors import ConfigError, printable
 
 IMAGE_EXTS = tuple(IMAGE_KEYS.split(";"))
 
@@ -87,11 +87,11 @@ def main(argv=None) -> int:
     words = stats["caption_words"]
     print(f"samples:        {stats['samples']}")
     print(f"corrupt:        {len(stats['corrupt'])}")
-    for line in stats["corrupt"][:10]:
-        print(f"  {line}")
+    for line in stats["corrupt"][:10]:  # names and messages come from the data: escaped
+        print(f"  {printable(line)}")
     print(f"bad shards:     {len(stats['bad_shards'])}")
     for line in stats["bad_shards"][:10]:
-        print(f"  {line}")
+        print(f"  {printable(line)}")
     if words:
         ordered = sorted(words)
         print(f"caption words:  mean {statistics.mean(words):.1f}, median "

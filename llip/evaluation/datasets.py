@@ -13,10 +13,12 @@ import inspect
 import io
 import json
 import os
+from urllib.parse import urlparse
 
 import torch
 from PIL import Image
 from webdataset import tarfile_to_samples
+from webdataset.gopen import rewrite_url
 
 from llip.data import IMAGE_KEYS, caption_list, open_image, to_rgb
 from llip.data.stream import expand_sources, local_path, worker_init
@@ -27,11 +29,18 @@ ALLOW_PIPE = "_allow_pipe"  # set by the catalog loader from the user's flag, ne
 
 
 def refuse_pipe(urls, entry) -> None:
-    """Shell commands as shard URLs only when the user allowed them for this sweep."""
+    """Shell commands as shard URLs only when the user allowed them for this sweep. The URL is
+    judged as webdataset will open it: after its GOPEN_REWRITE rules (which could turn a path
+    into a command), by its scheme as a URL parser reads it ("PIPE:" is pipe:)."""
     if entry.get(ALLOW_PIPE):
         return
     for url in urls:
-        if url.strip().startswith("pipe:"):
+        try:
+            opened = rewrite_url(url.strip())
+        except ValueError:
+            raise ConfigError("GOPEN_REWRITE is malformed (rules 'prefix=replacement' joined by "
+                              "';'): fix or unset it") from None
+        if urlparse(opened).scheme == "pipe":
             raise ConfigError(f"dataset '{entry['name']}': path {url[:80]!r} is a shell command "
                               "(pipe:); a catalog is data and runs no commands: give a file "
                               "path, or pass --allow-pipe to llip-eval if you trust this catalog")

@@ -132,3 +132,10 @@ def test_find_runs_and_the_table(tmp_path):
     assert text.splitlines()[1].split()[:3] == ["x", "completed", "8/8"]
     assert text.splitlines()[-1] == "1 completed, 1 failed"
 
+
+
+def test_names_from_data_are_printed_escaped():
+    """An ESC sequence in a tar member's name or a log line reaches the screen as text."""
+    from llip.errors import printable
+    assert printable("key\x1b[31mred\x07.jpg: bad") == "key\\x1b[31mred\\x07.jpg: bad"
+    assert printable("plain name, ünïcode") == "plain name, ünïcode"

@@ -100,3 +100,19 @@ def test_converter_on_hostile_files(tmp_path):
 def test_captions_mean_what_open_clip_and_the_json_say(members, captions):
     from llip.data import sample_captions
     assert sample_captions({"__key__": "k", **members}) == captions
+
+
+def test_inspect_prints_hostile_member_names_escaped(tmp_path):
+    """A tar whose member names carry terminal escape sequences (and a broken image): inspect
+    reports the corrupt sample with its name escaped, never sending ESC to the terminal."""
+    import tarfile
+    shard = tmp_path / "evil.tar"
+    with tarfile.open(shard, "w") as tar:
+        for name, data in (("a\x1b[2J\x1b[31mred.jpg", b"not a jpeg"),
+                           ("a\x1b[2J\x1b[31mred.txt", b"a caption")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = run_cli("-m", "llip.data.inspect", str(shard), timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "\x1b" not in out.stdout and "\\x1b[2J" in out.stdout, out.stdout

@@ -44,7 +44,7 @@ def test_shard_members_never_execute(tmp_path):
     assert marker.exists()
 
 
-def test_eval_shards_never_execute_and_catalog_pipe_needs_opt_in(tmp_path):
+def test_eval_shards_never_execute_and_catalog_pipe_needs_opt_in(tmp_path, monkeypatch):
     from llip.evaluation.catalog import load_catalogs
     from llip.evaluation.datasets import classification_batches
     marker, piped = tmp_path / "executed", tmp_path / "piped"
@@ -57,7 +57,14 @@ def test_eval_shards_never_execute_and_catalog_pipe_needs_opt_in(tmp_path):
                                         lambda im: torch.zeros(1), 4, 0)
     assert torch.cat([y for _, y in batches]).tolist() == [1, 1, 1, 1]
     assert not marker.exists()
-    for path in (f"pipe:touch {piped}; cat {shard}", f"{{pipe:touch {piped}; cat ,}}{shard}"):
+    # webdataset opens "PIPE:" as pipe: (URL schemes are case-insensitive), and GOPEN_REWRITE
+    # can turn a plain path into a command: both are judged as webdataset will open them
+    rewritten = tmp_path / "rw.tar"
+    rewritten.write_bytes(open(shard, "rb").read())
+    monkeypatch.setenv("GOPEN_REWRITE", f"{rewritten}=pipe:touch {piped} && cat {shard}")
+    for path in (f"pipe:touch {piped}; cat {shard}", f"{{pipe:touch {piped}; cat ,}}{shard}",
+                 f"PIPE:touch {piped}; cat {shard}", f" Pipe:touch {piped}; cat {shard}",
+                 str(rewritten)):
         catalog.write_text(json.dumps({"bad": {**entry, "path": path}, "ok": {**entry,
                                                                            "path": shard}}))
         refused = load_catalogs([str(catalog)])  # refused for that dataset only
