@@ -17,6 +17,7 @@ any partial load.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 
@@ -68,14 +69,44 @@ def read_weights(path: str):
         except Exception as exn:
             raise ConfigError(f"{path} is not a readable safetensors file "
                               f"({_first_line(exn)})") from None
-        return ours.from_safetensors(tensors, meta)
+        try:
+            blob = ours.from_safetensors(tensors, meta)
+        except (ValueError, RecursionError) as exn:  # metadata not JSON, step not a number
+            raise CheckpointError(f"{path}: its llip metadata is malformed ({_first_line(exn)})"
+                                  ) from None
+        return _checked(blob, path)
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except RuntimeError:  # the legacy (non-zip) serialisation cannot be memory-mapped
-            return torch.load(path, map_location="cpu", weights_only=True)
+            blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exn:
         raise ConfigError(f"{path} is not a readable weights file ({_first_line(exn)})") from None
+    return _checked(blob, path)
+
+
+def _checked(blob, path: str):
+    """An llip export, checked before anything is built from it: its config is a valid config,
+    its step a step number, and the model its config describes is the one the file holds (a
+    config edited to ask for a 32 TB model is refused here, not allocated)."""
+    if not ours.matches(blob):
+        return blob
+    try:
+        cfg = from_dict(dict(blob["config"]))
+    except (ConfigError, TypeError, ValueError) as exn:
+        raise CheckpointError(f"{path}: its config is not a valid llip config "
+                              f"({_first_line(exn)})") from None
+    step = blob.get("step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{path}: its step {step!r} is not a step number")
+    tensors = blob["state_dict"]
+    held = sum(t.numel() for t in tensors.values() if isinstance(t, torch.Tensor)) \
+        if isinstance(tensors, dict) else -1
+    described = sum(math.prod(shape) for shape in _shapes(cfg).values())
+    if held != described:
+        raise CheckpointError(f"{path}: its config describes a model of {described:,} values "
+                              f"but the file holds {held:,}: the file is corrupt or was edited")
+    return {**blob, "config": to_dict(cfg), "step": step}
 
 
 def _unknown_format(path: str, sd: dict) -> ConfigError:

@@ -134,3 +134,80 @@ def test_safe_changes_and_moved_shards_resume(digits, run, tmp_path):
     other_data = pattern.replace("train-", "test-").split("{")[0] + "{000000..000000}.tar"
     args[args.index(f"train_data={moved / pattern}")] = f"train_data={folder}/{other_data}"
     assert_one_error(run_cli(*args[:-3], "epochs=3"), "train_data ")
+
+
+ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 10)}]\n" for i in range(8))
+
+
+def test_planted_files_are_one_items_problem(digits, base_run, run, tmp_path):
+    """Files planted where llip reads: an alias bomb as a checkpoint's config.yaml and as a
+    sweep file (kilobytes that expand to 10^9 nodes), a COMPLETE marker nested 100k deep, a
+    foreign result with "step": "final" in a store, and exports whose metadata is not JSON,
+    whose step is not a number, or whose config asks for a model the file does not hold: each
+    refused in one line naming it, and the sweep's other checkpoints and tasks go on."""
+    run_dir = str(run / "run")
+    bombed, deep = checkpoint_dir(run_dir, 5), checkpoint_dir(run_dir, 10)
+    good = checkpoint_dir(str(base_run / "run"), 10)  # the untouched original
+    with open(os.path.join(bombed, "config.yaml"), "w") as f:
+        f.write(ALIAS_BOMB)
+    marker = json.load(open(os.path.join(bombed, "COMPLETE")))  # planted with valid digests
+    marker["files"]["config.yaml"] = {"sha256": sha256_file(os.path.join(bombed, "config.yaml")),
+                                      "bytes": len(ALIAS_BOMB)}
+    json.dump(marker, open(os.path.join(bombed, "COMPLETE"), "w"))
+    with open(os.path.join(deep, "COMPLETE"), "w") as f:
+        f.write("[" * 100_000 + "]" * 100_000)
+    for path, needle in ((bombed, "aliases expand to more than"), (deep, "not valid JSON")):
+        assert_one_error(run_cli("-m", "llip.training.export", path, str(tmp_path / "m.pt")),
+                         needle)
+    sweep = tmp_path / "bomb.yaml"
+    sweep.write_text(ALIAS_BOMB)
+    assert_one_error(run_cli("-m", "evals.main_mc", "--fname", str(sweep)),
+                     f"eval config {sweep} is not valid YAML: its aliases expand")
+
+    import torch
+    from safetensors.torch import load_file, save_file
+    exported = tmp_path / "m.safetensors"
+    assert run_cli("-m", "llip.training.export", good, str(exported)).returncode == 0
+    tensors = load_file(str(exported))
+    from safetensors import safe_open
+    with safe_open(str(exported), "pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["llip_config"])
+    bad = {"not_json.safetensors": {**meta, "llip_config": "{not json"},
+           "step.safetensors": {**meta, "llip_step": "final"},
+           "huge.safetensors": {**meta, "llip_config": json.dumps(
+               {**config, "vision_width": 2 ** 20, "vision_layers": 4096})}}
+    for name, metadata in bad.items():
+        save_file(tensors, str(tmp_path / name), metadata=metadata)
+    blob = torch.load(str(tmp_path / "m.pt"), weights_only=True) if (tmp_path / "m.pt").exists() \
+        else None
+    assert blob is None  # the refused exports above wrote nothing
+    for name, needle in (("not_json.safetensors", "its llip metadata is malformed"),
+                         ("step.safetensors", "its llip metadata is malformed"),
+                         ("huge.safetensors", "its config describes a model of")):
+        assert_one_error(run_cli("-m", "llip.training.export", str(tmp_path / name),
+                                 str(tmp_path / "x.pt")), needle)
+
+    # one eval sweep over all of it: the planted checkpoints fail alone, the good one is scored
+    from helpers import write_catalog
+    out = tmp_path / "out"
+    (out / "results").mkdir(parents=True)
+    (out / "results" / "foreign.json").write_text(json.dumps(
+        {"id": "f", "model": "other", "step": "final", "checkpoint": "x", "dataset": "digits",
+         "task": "zeroshot_classification", "metric": "acc1",
+         "by_tau": [{"eval_tau": None, "metrics": {"acc1": 0.5}, "value": 0.5}]}))
+    import yaml
+    fname = tmp_path / "sweep.yaml"
+    fname.write_text(yaml.safe_dump({
+        "checkpoints": [bombed, deep, good, str(tmp_path / "huge.safetensors")],
+        "catalogs": [write_catalog(tmp_path / "catalog.json", digits)], "datasets": ["digits"],
+        "workers": 0, "output_dir": str(out)}))
+    result = run_cli("-m", "evals.main_mc", "--fname", str(fname))
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr, \
+        result.stdout[-3000:] + result.stderr[-3000:]
+    failed = {line for line in result.stdout.splitlines() if line.startswith("FAILED")}
+    assert len(failed) == 3, result.stdout[-3000:]
+    assert "3 eval tasks" not in result.stdout and "1 eval tasks" in result.stdout
+    wide = (out / "results_wide.csv").read_text()
+    assert "other" not in wide and wide.count("\n") == 2  # the header and the good checkpoint
