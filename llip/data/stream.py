@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import random
+import shutil
 import signal
 import zlib
 from urllib.parse import urlparse
@@ -126,6 +127,33 @@ def _empty_tar(path: str) -> bool:
             return not any(f.read(512))
     except OSError:  # gone since the listing: not provably empty; the stream reports it if read
         return False
+
+
+PREFETCH = 4  # batches each DataLoader worker keeps ready
+SHM = "/dev/shm"
+
+
+def check_shared_memory(cfg, local_batch: int, free: int | None = None) -> None:
+    """Workers hand whole batches to the trainer through shared memory (/dev/shm): where it is
+    too small (Docker's default is 64 MB) a worker cannot put its batch there and the trainer
+    would wait for it for ever. Refuse up front, naming the sizes and the fixes."""
+    if not cfg.workers:
+        return
+    if free is None:
+        if not os.path.isdir(SHM):
+            return
+        free = shutil.disk_usage(SHM).free
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    batch_bytes = local_batch * (3 * cfg.image_size ** 2 * 4 + cfg.context_length * 8)
+    need = batch_bytes * cfg.workers * (PREFETCH + 1) * ranks_here
+    if need > free:
+        mib = 2 ** 20
+        raise ConfigError(
+            f"the data workers need ~{need // mib} MiB of shared memory ({SHM}) for "
+            f"{cfg.workers} worker(s) x {PREFETCH + 1} batches of {local_batch} images of "
+            f"{cfg.image_size}px on each of {ranks_here} rank(s) here, but {SHM} has "
+            f"{free // mib} MiB free: give it more (docker run --shm-size={-(-need // 2 ** 30)}g, "
+            "or a larger tmpfs), or lower workers (workers=0 uses none)")
 
 
 def local_batch_size(cfg, world_size: int) -> int:
@@ -360,7 +388,7 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
         pass_samples=cfg.train_num_samples)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4 if cfg.workers else None, persistent_workers=False,
+        prefetch_factor=PREFETCH if cfg.workers else None, persistent_workers=False,
         worker_init_fn=worker_init)
 
 

@@ -16,6 +16,7 @@ from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
     check_shards,
+    check_shared_memory,
     expand_sources,
     local_batch_size,
     stream_seed,
@@ -100,6 +101,7 @@ class Trainer:
     def train(self, world) -> str:
         cfg, run_dir = self.cfg, path_of(self.cfg)
         local_batch = local_batch_size(cfg, world.size)  # before anything is written
+        check_shared_memory(cfg, local_batch)
         check_shards_once(cfg, world)
         flops = step_flops(cfg, local_batch, world.size) if world.is_main else 0
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank

@@ -4,13 +4,16 @@ that names the output and says what is wrong; a full disk mid-run keeps the chec
 written, and the run resumes from them once there is space."""
 import json
 import os
+import shlex
+import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
 from PIL import Image
 
-from helpers import assert_one_error, run_cli, write_catalog
+from helpers import REPO, assert_one_error, run_cli, write_catalog
 from llip.loading import load_model
 from llip.run_dir import checkpoint_dir, latest, step_of
 
@@ -105,3 +108,29 @@ def test_eval_results_on_read_only_storage_are_one_line(trained_clip, digits, tm
                                      "output_dir": str(read_only / "evals")}))
     assert_one_error(run_cli("-m", "evals.main_mc", "--fname", str(fname)),
                f"cannot write {read_only}/evals", "read-only file system")
+
+
+def test_small_shared_memory_is_refused_up_front_not_waited_on(digits, tmp_path):
+    """Docker's 64 MB /dev/shm, for real: the trainer runs in a mount namespace whose /dev/shm
+    is a 4 MiB tmpfs. Batches that cannot fit there are refused in one line with the sizes and
+    the fixes (before, the workers failed to hand them over and training waited for ever);
+    batches that fit train."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("a private /dev/shm needs root and unshare")
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=4m tmpfs "
+                            "/dev/shm"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a private /dev/shm here: {probe.stderr.strip()}")
+
+    def train(*extra):
+        command = " ".join(shlex.quote(a) for a in [
+            sys.executable, "-m", "llip.main", "llip_tiny", f"train_data={digits['train']}",
+            f"logs={tmp_path}", "train_num_samples=64", "wandb_mode=disabled", *extra])
+        return subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=4m tmpfs "
+                               f"/dev/shm && exec {command}"], capture_output=True, text=True,
+                              timeout=300, cwd=REPO)
+    refused = train("name=big", "batch_size=256", "workers=2")
+    assert_one_error(refused, "MiB of shared memory (/dev/shm)", "--shm-size=1g", "workers=0")
+    assert not (tmp_path / "big").exists()
+    fits = train("name=small", "batch_size=16", "workers=1")
+    assert fits.returncode == 0, fits.stderr[-2000:]
