@@ -51,3 +51,34 @@ def llip_scenes_zero_query() -> RunConfig:
     return dataclasses.replace(llip_scenes(), llip_query="zero", lr=5e-4,
                                description="Llip with the query zeroed (uniform mixture, same "
                                "parameters and compute): the mechanism control")
+
+
+# The negative control (llip.data.attributes: one object, each caption names one attribute):
+# the same towers, steps and batch; each variant's lr from its own sweep on the attributes
+# validation split (`caption_diversity.py --task attributes --sweep ...`).
+ATTRIBUTES = dataclasses.replace(SCENES, train_data="data/attributes/train-{000000..000019}.tar")
+
+
+@register
+def clip_attributes() -> RunConfig:
+    return dataclasses.replace(ATTRIBUTES, loss="clip", lr=1e-3,
+                               description="CLIP, tiny towers, single-attribute captions")
+
+
+@register
+def siglip_attributes() -> RunConfig:
+    return dataclasses.replace(ATTRIBUTES, loss="siglip", lr=1e-3,
+                               description="SigLIP, tiny towers, single-attribute captions")
+
+
+@register
+def llip_attributes() -> RunConfig:
+    return dataclasses.replace(ATTRIBUTES, loss="llip", lr=2e-3,
+                               description="Llip K=4, tiny towers, single-attribute captions")
+
+
+@register
+def llip_attributes_zero_query() -> RunConfig:
+    return dataclasses.replace(llip_attributes(), llip_query="zero", lr=5e-4,
+                               description="Llip with the query zeroed, single-attribute "
+                               "captions: the mechanism control")
