@@ -91,6 +91,11 @@ GAIN_TASKS = ("bind_shape", "presence")
 # (the margin of the scenes criterion) of zero, for each baseline.
 PARITY = 0.02
 KEYS = ("name", "description", "logs", "seed", "lr", "train_data")  # not part of a run's key
+# Sweep budget rule, fixed before any sweep result was seen: the first seed (100) runs every cell
+# of the grid; an lr where EVERY variant's average on that seed is below PRUNE_FRACTION of the
+# variant's own best on that seed is not run on the further seeds (no variant can be chosen
+# there without a 3-seed mean gain of over a third of its best; its cell keeps 1 seed).
+PRUNE_FRACTION = 0.75
 
 
 def parse_args(argv=None):
@@ -193,10 +198,13 @@ def train(run: dict, threads: int) -> float:
 
 def evaluate(runs, catalog: str, out: str, every_checkpoint: bool, parallel: int) -> None:
     """evals.main_mc over the runs, split into `parallel` groups (one process each)."""
-    groups = [runs[i::parallel] for i in range(parallel) if runs[i::parallel]]
+    # a run's group is a function of its name: a later call with more runs reuses its results
+    by_group = [[r for r in runs if int(hashlib.sha256(r["name"].encode()).hexdigest(), 16)
+                 % parallel == i] for i in range(parallel)]
+    groups = [g for g in by_group if g]
 
-    def one(i_group):
-        i, group = i_group
+    def one(group):
+        i = by_group.index(group)
         sweep = {"checkpoints": [{"path": r["dir"], "all": True} if every_checkpoint
                                  else r["dir"] for r in group],
                  "catalogs": [catalog], "datasets": "all", "batch_size": 500, "workers": 0,
@@ -212,7 +220,7 @@ def evaluate(runs, catalog: str, out: str, every_checkpoint: bool, parallel: int
             raise SystemExit(f"evals failed (exit {code}): see {out}/main_mc{i}.log")
 
     with concurrent.futures.ThreadPoolExecutor(len(groups)) as pool:
-        list(pool.map(one, enumerate(groups)))
+        list(pool.map(one, groups))
 
 
 def results_frame(entries, out: str) -> pd.DataFrame:
@@ -228,7 +236,7 @@ def results_frame(entries, out: str) -> pd.DataFrame:
                     rows.append({"variant": e["variant"], "seed": e["seed"], "lr": e["lr"],
                                  "step": r["step"], "dataset": r["dataset"],
                                  "value": r["by_tau"][0]["value"]})
-    return pd.DataFrame(rows).drop_duplicates()
+    return pd.DataFrame(rows).drop_duplicates(["variant", "seed", "lr", "step", "dataset"])
 
 
 # ------------------------------------------------------------------ diagnostics
@@ -456,7 +464,8 @@ def report(args, entries, frame: pd.DataFrame, attn: dict, coll: dict, timing: d
             lines, _ = parity(per_seed, other)
             out.append(f"\nthe same for {other} (not the verdict):\n")
             out.extend(f"- {x}" for x in lines)
-    out.append(f"\ntime: train {timing['train']:.0f}s, evals {timing['evals']:.0f}s, total "
+    out.append(f"\ntime: training and evals {timing['train']:.0f}s, diagnostics "
+               f"{timing['evals']:.0f}s, total "
                f"{timing['total']:.0f}s; load average {timing['load_start']:.1f} at start, "
                f"{timing['load_end']:.1f} at end ({os.cpu_count()} cores)")
     write_json(os.path.join(args.out, "summary.json"), {
@@ -475,6 +484,15 @@ def choose(cells: pd.DataFrame) -> dict:
     return dict(best.groupby("variant").head(1)[["variant", "lr"]].itertuples(index=False))
 
 
+def pruned_lrs(frame: pd.DataFrame) -> list[float]:
+    """The lrs where every variant's average (first seed) is < PRUNE_FRACTION of its best."""
+    first = frame[frame.seed == frame.seed.min()]
+    avg = first.pivot_table(index=["variant", "lr"], columns="dataset", values="value") \
+        .mean(axis=1).unstack("variant")  # lr x variant
+    low = avg < PRUNE_FRACTION * avg.max()
+    return [float(lr) for lr in avg.index[low.all(axis=1)]]
+
+
 def sweep_report(args, entries, frame: pd.DataFrame, coll: dict) -> str:
     cells = frame.pivot_table(index=["variant", "lr", "seed"], columns="dataset",
                               values="value").reset_index()
@@ -487,15 +505,21 @@ def sweep_report(args, entries, frame: pd.DataFrame, coll: dict) -> str:
     g = cells.groupby(["variant", "lr"], sort=False)
     table = pd.DataFrame({c: [f"{m:.3f} +- {s:.3f}" for m, s in zip(g[c].mean(), g[c].std())]
                           for c in [*tasks, "average"]}, index=g.average.mean().index)
+    table.insert(0, "seeds", g.size())
     table["per seed (average)"] = g.average.apply(lambda x: " / ".join(f"{v:.3f}" for v in x))
     table["collapsed"] = g.collapsed.apply(
         lambda c: f"{(c != '-').sum()}/{len(c)}" + (f" ({','.join(sorted(set(c) - {'-'}))})"
                                                     if (c != "-").any() else ""))
     chosen = choose(cells)
     grid = sorted(cells.lr.unique())
+    pruned = sorted(set(grid) - {e["lr"] for e in entries if e["seed"] > 100})
     lines = [f"## {args.task} lr sweep: {args.seeds} validation seeds (100+) per cell, "
              f"{entries[0]['steps']} steps (validation split; mean +- std over seeds)\n",
-             table.to_markdown(), "\nchosen lr (best mean of the average over seeds):\n"]
+             table.to_markdown()]
+    if pruned and args.seeds > 1:
+        lines.append(f"\nnot run beyond seed 100 (every variant below {PRUNE_FRACTION:g} of "
+                     f"its best on seed 100): lr {', '.join(f'{x:g}' for x in pruned)}")
+    lines.append("\nchosen lr (best mean of the average over seeds):\n")
     for variant, lr in chosen.items():
         x = cells[(cells.variant == variant) & (cells.lr == lr)].average
         means = cells[cells.variant == variant].groupby("lr").average.mean().drop(lr)
@@ -513,15 +537,25 @@ def main(argv=None) -> None:
     t0, load0 = time.time(), os.getloadavg()[0]
     data = build_data(args.task, args.out)
     entries = plan(args, data, os.path.join(args.out, "runs"))
-    runs = unique_runs(entries)
-    print(f"{len(runs)} runs, {args.parallel} at a time, output in {args.out}", flush=True)
-    with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-        list(pool.map(lambda r: train(r, args.threads), runs))
-    t_train = time.time()
     split = "validation" if args.sweep else "test"
-    evaluate(runs, data[split], os.path.join(args.out, f"evals_{split}"),
-             every_checkpoint=not args.sweep, parallel=args.parallel)
-    frame = results_frame(entries, os.path.join(args.out, f"evals_{split}"))
+    evals = os.path.join(args.out, f"evals_{split}")
+
+    def train_and_evaluate(entries):
+        runs = unique_runs(entries)
+        print(f"{len(runs)} runs, {args.parallel} at a time, output in {args.out}", flush=True)
+        with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
+            list(pool.map(lambda r: train(r, args.threads), runs))
+        evaluate(runs, data[split], evals, every_checkpoint=not args.sweep,
+                 parallel=args.parallel)
+        return runs, results_frame(entries, evals)
+
+    if args.sweep and args.seeds > 1:  # the first seed on the whole grid, then PRUNE_FRACTION
+        _, first = train_and_evaluate([e for e in entries if e["seed"] == 100])
+        pruned = pruned_lrs(first)
+        print(f"lrs not run beyond seed 100: {pruned or 'none'}", flush=True)
+        entries = [e for e in entries if e["seed"] == 100 or e["lr"] not in pruned]
+    runs, frame = train_and_evaluate(entries)
+    t_train = time.time()
     coll = {r["name"]: collapse(r, args.task, every_checkpoint=not args.sweep) for r in runs}
     if args.sweep:
         text = sweep_report(args, entries, frame, coll)

@@ -323,3 +323,15 @@ def test_benchmark_lrs_are_the_configs_lrs():
         for family, config in cd.CONFIGS[task].items():
             if family in chosen:
                 assert get_config(config).lr == chosen[family], (task, family)
+
+
+def test_sweep_prunes_an_lr_only_where_every_variant_fails_on_the_first_seed():
+    import pandas as pd
+    cd = _benchmark()
+    rows = []
+    for variant, by_lr in {"clip": {1e-3: 0.5, 2e-3: 0.45, 4e-3: 0.2},
+                           "llip": {1e-3: 0.6, 2e-3: 0.3, 4e-3: 0.25}}.items():
+        for lr, value in by_lr.items():
+            rows += [{"variant": variant, "seed": 100, "lr": lr, "step": 8, "dataset": d,
+                      "value": value} for d in ("a", "b")]
+    assert cd.pruned_lrs(pd.DataFrame(rows)) == [4e-3]  # 2e-3 stays: clip is at 0.9 of best
