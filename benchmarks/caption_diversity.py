@@ -70,6 +70,12 @@ VARIANTS = {  # variant -> (family, overrides of the family's config)
     "llip_ref": ("llip", ("init=reference",)),
     "llip_ref_decay": ("llip", ("init=reference", "decay_tokens=true")),
 }
+# The init of the Llip configs, a rule fixed before the sweep's results were seen: init=reference
+# becomes the default of every Llip config if llip_ref at its chosen lr beats llip_ours at its
+# chosen lr on the scenes validation sweep (the average) by more than MIN_Z standard errors of
+# the difference of the two means (3 seeds each); otherwise init=ours stays the default.
+RECIPE_PAIRS = (("llip_ref", "llip_ours"), ("llip_ref_decay", "llip_ref"),
+                ("llip_ref_decay", "llip_ours"))
 # The lr of each variant on each task: the best mean over 3 validation seeds of the sweep
 # (benchmarks/RESULTS.md has the sweep tables). The configs of clip, siglip, llip and control
 # carry the same values (tests/unit/test_scenes.py checks it).
@@ -527,6 +533,16 @@ def sweep_report(args, entries, frame: pd.DataFrame, coll: dict) -> str:
         edge = " (AT THE EDGE of the grid)" if lr in (grid[0], grid[-1]) else ""
         lines.append(f"- {variant}: {lr:g}{edge}, {x.mean():.3f} +- {x.std():.3f}"
                      + (f"; next best {runner:g} at {means[runner]:.3f}" if runner else ""))
+    pairs = [(a, b) for a, b in RECIPE_PAIRS if a in chosen and b in chosen]
+    if pairs:
+        lines.append("\nLlip recipes at their chosen lrs (difference of the means, its standard "
+                     f"error; more than {MIN_Z:g} SE: not noise):\n")
+    for a, b in pairs:
+        x = cells[(cells.variant == a) & (cells.lr == chosen[a])].average
+        y = cells[(cells.variant == b) & (cells.lr == chosen[b])].average
+        d, se = x.mean() - y.mean(), (x.var() / len(x) + y.var() / len(y)) ** 0.5
+        lines.append(f"- {a} - {b}: {100 * d:+.1f} points, SE {100 * se:.1f}: "
+                     f"{'beyond' if abs(d) > MIN_Z * se else 'within'} noise")
     return "\n".join(lines)
 
 
