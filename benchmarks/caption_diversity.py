@@ -80,7 +80,8 @@ RECIPE_PAIRS = (("llip_ref", "llip_ours"), ("llip_ref_decay", "llip_ref"),
 # (benchmarks/RESULTS.md has the sweep tables). The configs of clip, siglip, llip and control
 # carry the same values (tests/unit/test_scenes.py checks it).
 CHOSEN_LR = {
-    "scenes": {},
+    "scenes": {"clip": 2e-3, "siglip": 1e-3, "llip": 2e-3, "control": 5e-4,
+               "llip_ours": 2e-3, "llip_ref": 1e-3},
     "attributes": {},
 }
 SWEEP_VARIANTS = "clip,siglip,control,llip_ours,llip_ref,llip_ref_decay"
