@@ -2,11 +2,11 @@
 only one or two of them, does Llip's caption-contextualised image embedding beat the single
 embedding of CLIP and SigLIP at binding colour to shape?
 
-Two tasks. scenes (llip.data.scenes): 3 objects per image, captions naming 1 or 2; evals
-bind_colour, bind_shape (6-way per object) and presence (mAP over the 36 single-object
-prompts). attributes (llip.data.attributes): one object per image, each caption names one of
-its attributes; one 4-way zero-shot task per attribute: the negative control, where parity is
-expected. Every variant trains for equal steps through the normal CLI (`python -m llip.main`)
+Two tasks. scenes (llip.data.synthetic.scenes): 3 objects per image, captions naming 1 or 2;
+evals bind_colour, bind_shape (6-way per object) and presence (mAP over the 36 single-object
+prompts). attributes (llip.data.synthetic.attributes): one object per image, each caption names
+one of its attributes; one 4-way zero-shot task per attribute: the negative control, where parity
+is expected. Every variant trains for equal steps through the normal CLI (`python -m llip.main`)
 and is evaluated through `python -m evals.main_mc`.
 
 Variants (VARIANTS): clip, siglip, llip (the configs' Llip recipe), control (that Llip with the
@@ -21,11 +21,12 @@ vision blocks), llip_ref_decay (init=reference and decay_tokens=true, the releas
     # the collapse diagnostic, the learning curves and the acceptance verdict
     python benchmarks/caption_diversity.py --task scenes --seeds 8
 
-Collapse diagnostic (evals.attention.text_collapse) on every evaluated checkpoint: the mean
-pairwise cosine of the targets (and Llip's queries) of prompts that should differ (scenes: the
-6 colours of each shape, the 6 shapes of each colour; attributes: the 4 values of each
-attribute); a run whose targets and queries are both above evals.attention.COLLAPSED_COSINE
-on a group is named collapsed on it.
+Collapse diagnostic (llip.evaluation.attention.text_collapse, the function the in-training
+evals log as <dataset>/text_collapse) on every evaluated checkpoint: the mean pairwise cosine of
+the targets (and Llip's queries) of prompts that should differ (scenes: the 6 colours of each
+shape, the 6 shapes of each colour; attributes: the 4 values of each attribute); a run whose
+targets and queries are both above llip.evaluation.attention.COLLAPSED_COSINE on a group is named
+collapsed on it.
 
 Everything goes to results/<task>[_sweep]/ (runs, eval JSON, summary.md, summary.json) and is
 reused: a run's directory name holds its config's hash, so an interrupted benchmark continues
@@ -46,15 +47,16 @@ import webdataset as wds
 import yaml
 
 from evals.aggregate import read_results
-from evals.attention import COLLAPSED_COSINE, attention_stats, text_collapse
-from evals.catalog import load_catalogs
-from evals.zeroshot import encode_texts
-from llip import run_dir as rd
 from llip.config import to_dict
 from llip.data import IMAGE_KEYS, tokenizer_for, transform_for
 from llip.data.stream import expand_sources
+from llip.evaluation.attention import COLLAPSED_COSINE, attention_stats, text_collapse
+from llip.evaluation.catalog import load_catalogs
+from llip.evaluation.zeroshot import encode_texts
 from llip.io import atomic_write, read_json, read_text, write_json
+from llip.loading import load_model
 from llip.run_configs import get_config, resolve
+from llip.run_dir import complete_checkpoints, latest, metrics_path, step_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = {  # family -> registered config, per task
@@ -130,7 +132,7 @@ def parse_args(argv=None):
 
 # ------------------------------------------------------------------ data, runs, evals
 def build_data(task: str, out: str) -> dict:
-    module = __import__(f"llip.data.{task}", fromlist=["build"])
+    module = __import__(f"llip.data.synthetic.{task}", fromlist=["build"])
     specs = module.build(os.path.join(out, "data"))
     return {"train": specs["train"], "test": specs["catalog_test"],
             "validation": specs["catalog_validation"]}
@@ -185,8 +187,8 @@ def unique_runs(entries) -> list[dict]:
 
 def train(run: dict, threads: int) -> float:
     """One run through the normal CLI; a finished run is kept (resumable benchmark)."""
-    path = rd.latest(run["dir"])
-    if path is not None and rd.step_of(path) == run["steps"]:
+    path = latest(run["dir"])
+    if path is not None and step_of(path) == run["steps"]:
         return 0.0
     start = time.time()
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
@@ -250,10 +252,10 @@ def results_frame(entries, out: str) -> pd.DataFrame:
 def collapse_groups(task: str) -> dict:
     """Group name -> lists of prompts that should differ (each list: one text_collapse call)."""
     if task == "scenes":
-        from llip.data.scenes import COLORS, PROMPT, SHAPES
+        from llip.data.synthetic.scenes import COLORS, PROMPT, SHAPES
         return {"colour": [[PROMPT.format(c=c, s=s) for c in COLORS] for s in SHAPES],
                 "shape": [[PROMPT.format(c=c, s=s) for s in SHAPES] for c in COLORS]}
-    from llip.data.attributes import TASKS
+    from llip.data.synthetic.attributes import TASKS
     return {attr: [[t.format(c=n) for n in names] for t in templates]
             for attr, (names, templates) in TASKS.items()}
 
@@ -279,16 +281,16 @@ def collapse(run: dict, task: str, every_checkpoint: bool) -> dict:
     torch.set_num_threads(1)
     cache = os.path.join(run["dir"], "collapse.json")
     known = read_json(cache) if os.path.exists(cache) else {}
-    paths = rd.complete_checkpoints(run["dir"])
+    paths = complete_checkpoints(run["dir"])
     paths = paths if every_checkpoint else paths[-1:]
     groups = collapse_groups(task)
     for path in paths:
-        step = str(rd.step_of(path))
+        step = str(step_of(path))
         if step not in known or set(known[step]) != set(groups):
-            model, cfg, _ = rd.load_model(path)
+            model, cfg, _ = load_model(path)
             known[step] = collapse_of(model, tokenizer_for(cfg), groups)
     write_json(cache, known, indent=1)
-    return {rd.step_of(p): known[str(rd.step_of(p))] for p in paths}
+    return {step_of(p): known[str(step_of(p))] for p in paths}
 
 
 def collapse_columns(by_group: dict) -> dict:
@@ -302,7 +304,7 @@ def collapse_columns(by_group: dict) -> dict:
 
 
 def last_metrics(run: dict) -> dict:
-    lines = [json.loads(x) for x in read_text(rd.metrics_path(run["dir"])).splitlines() if x]
+    lines = [json.loads(x) for x in read_text(metrics_path(run["dir"])).splitlines() if x]
     return {k: lines[-1].get(k) for k in ("logit_scale", "logit_bias", "loss")}
 
 
@@ -325,7 +327,7 @@ def test_images(catalog: dict, transform, n: int = 500):
 
 def attention(run: dict, catalog_path: str) -> dict:
     torch.set_num_threads(1)
-    model, cfg, _ = rd.load_model(rd.latest(run["dir"]))
+    model, cfg, _ = load_model(latest(run["dir"]))
     catalog = load_catalogs([catalog_path])
     return attention_stats(model, tokenizer_for(cfg), test_images(catalog, transform_for(
         cfg, False)), prompts_of(catalog))

@@ -18,9 +18,9 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from evals.datasets import classification_batches
-from evals.zeroshot import Classification, class_embeddings, score_images
 from llip.data import tokenizer_for, transform_for
+from llip.evaluation.datasets import classification_batches
+from llip.evaluation.zeroshot import Classification, class_embeddings, score_images
 from llip.models import build_model
 from llip.run_configs import resolve
 

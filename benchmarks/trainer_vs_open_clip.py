@@ -26,9 +26,10 @@ import sys
 import sysconfig
 import tempfile
 
-from llip.data.digits import build
+from llip.data.synthetic.digits import build
 from llip.io import read_text
 from llip.run_configs import resolve
+from llip.run_dir import metrics_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +94,7 @@ def ours(loss: str, model: str, shards: str, steps: int, batch: int, log_every: 
                    cwd=REPO, check=True, capture_output=True,
                    env=os.environ)
     rows = [json.loads(line) for line in
-            read_text(os.path.join(logs, name, "metrics.jsonl")).splitlines()]
+            read_text(metrics_path(os.path.join(logs, name))).splitlines()]
     return statistics.median(r["samples_per_s"] for r in rows[1:])
 
 

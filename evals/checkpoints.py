@@ -3,20 +3,19 @@ what its result is keyed by (absolute path, step, id) and labelled by (run name,
 
 An entry is a string (an export, a released Llip file, a checkpoint dir, a run dir or a glob of
 those) or a mapping of one of the FORMS below: {path: ..., all: true} for every checkpoint of a
-run, {openclip: NAME, pretrained: PATH_OR_TAG} for an open_clip model. A new form adds its
-fields to FORMS and a function to EXPANDERS that turns an entry into `Checkpoint`s; LOADERS maps
-a checkpoint's `kind` to the function that loads it for the runner.
+run, {path: released.pt, config: NAME} for a released Llip file in a named config (else chosen
+from its shapes), {openclip: NAME, pretrained: PATH_OR_TAG} for an open_clip model. A new form
+adds its fields to FORMS and a function to EXPANDERS that turns an entry into `Checkpoint`s;
+LOADERS maps a checkpoint's `kind` to the function that loads it for the runner.
 """
 import dataclasses
 import glob
 import os
 
-from evals.results import checkpoint_id
-from llip import run_dir as rd
-from llip.cli import ConfigError
-from llip.config import from_dict
-from llip.models import open_clip_format
-from llip.models.pretrained import is_export, read_weights
+from llip.errors import ConfigError, UserError
+from llip.evaluation.results import checkpoint_id
+from llip.loading import checkpoint_info, load_model, subject_spec, subject_tag
+from llip.run_dir import complete_checkpoints, is_complete, latest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,10 +25,12 @@ class Checkpoint:
     step: int
     loss: str
     kind: str = "llip"  # key of LOADERS
+    config: str = ""  # a released Llip file's config, when the sweep names one
 
     @property
-    def id(self) -> str:
-        return checkpoint_id(self.path, self.step)
+    def id(self) -> str:  # a named config is part of what the result is of
+        return checkpoint_id(self.path + (f"\nconfig={self.config}" if self.config else ""),
+                             self.step)
 
     @property
     def label(self) -> str:
@@ -45,7 +46,7 @@ class Unreadable:
 
 
 # mapping forms: the key that names the form -> {field: (type, required)}
-FORMS = {"path": {"path": (str, True), "all": (bool, False)},
+FORMS = {"path": {"path": (str, True), "all": (bool, False), "config": (str, False)},
          "openclip": {"openclip": (str, True), "pretrained": (str, False)}}
 
 
@@ -77,25 +78,18 @@ def validate_form(entry: dict, form: str, where: str) -> dict:
     return {"all": False, **entry} if form == "path" else dict(entry)
 
 
-def describe(path: str):
-    """A checkpoint path -> Checkpoint, or Unreadable with the reason. Cheap for our own
-    checkpoints (config.yaml and COMPLETE of a checkpoint dir, a memory-mapped export); a
-    foreign file (a released Llip checkpoint) is loaded once to learn its config."""
+def checkpoint_of(path: str, config: str = ""):
+    """A checkpoint path -> Checkpoint, or Unreadable with the reason (llip.loading's
+    checkpoint_info: cheap for ours). Our checkpoints are labelled by their run name; a foreign
+    file (a released Llip checkpoint, in `config` if named) by its file name."""
     path = os.path.abspath(path)
     try:
-        if os.path.isfile(path):
-            blob = read_weights(path)  # weights_only / safetensors: never runs code
-            if is_export(blob):
-                cfg = from_dict(blob["config"])
-                return Checkpoint(path, cfg.name, int(blob.get("step", 0)), cfg.loss)
-            # a released Llip checkpoint: the loader's own answer for its config and step
-            _, cfg, step = rd.load_model(path, "cpu")
-            return Checkpoint(path, os.path.splitext(os.path.basename(path))[0], step, cfg.loss)
-        cfg = rd.read_config(path)
-        return Checkpoint(path, cfg.name, rd.step_of(path), cfg.loss)
-    except (ConfigError, OSError, ValueError, KeyError, TypeError) as exn:
-        return Unreadable(path, str(exn) if isinstance(exn, ConfigError)
+        cfg, step, ours = checkpoint_info(path, config)
+    except (UserError, OSError, ValueError, KeyError, TypeError) as exn:
+        return Unreadable(path, str(exn) if isinstance(exn, UserError)
                           else f"{type(exn).__name__}: {exn}")
+    name = cfg.name if ours else os.path.splitext(os.path.basename(path))[0]
+    return Checkpoint(path, name, step, cfg.loss, config=config)
 
 
 def _expand_path(entry) -> list:
@@ -105,23 +99,23 @@ def _expand_path(entry) -> list:
         raise ConfigError(f"checkpoint {pattern} matches nothing: fix the path or glob")
     found = []
     for path in matches:
-        if os.path.isfile(path) or rd.is_complete(path):
-            found.append(describe(path))
-        elif not rd.complete_checkpoints(path):
+        if os.path.isfile(path) or is_complete(path):
+            found.append(checkpoint_of(path, entry.get("config", "")))
+        elif not complete_checkpoints(path):
             found.append(Unreadable(os.path.abspath(path), "no complete checkpoint here: give "
                                     "a run dir, a checkpoints/step_* dir or an exported .pt"))
         elif entry["all"]:
-            found.extend(describe(p) for p in rd.complete_checkpoints(path))
+            found.extend(checkpoint_of(p) for p in complete_checkpoints(path))
         else:
-            found.append(describe(rd.latest(path)))
+            found.append(checkpoint_of(latest(path)))
     return found
 
 
 def _expand_openclip(entry) -> list:
     """{openclip: NAME, pretrained: PATH_OR_TAG}: an open_clip model, checked while planning
     (an unknown name or tag is bad sweep input), loaded only by its tasks."""
-    spec = open_clip_format.subject_spec(entry["openclip"], entry.get("pretrained", ""))
-    return [Checkpoint(spec, open_clip_format.subject_tag(spec), 0, "clip", kind="openclip")]
+    spec = subject_spec(entry["openclip"], entry.get("pretrained", ""))
+    return [Checkpoint(spec, subject_tag(spec), 0, "clip", kind="openclip")]
 
 
 EXPANDERS = {"path": _expand_path, "openclip": _expand_openclip}
@@ -138,7 +132,8 @@ def expand(entries) -> list:
 
 
 def load(checkpoint: Checkpoint, device):
-    return LOADERS[checkpoint.kind](checkpoint.path, device)
+    named = {"config": checkpoint.config} if checkpoint.config else {}  # a released file's
+    return LOADERS[checkpoint.kind](checkpoint.path, device, **named)
 
 
-LOADERS = {"llip": rd.load_model, "openclip": rd.load_model}
+LOADERS = {"llip": load_model, "openclip": load_model}

@@ -5,16 +5,20 @@ CLIP_benchmark's `clip_benchmark eval` writes one JSON file per (model, dataset,
      "task": "zeroshot_classification", "metrics": {"acc1": .., "acc5": ..,
      "mean_per_class_recall": ..}, "language": "en"}
 (.jsonl files with one such object per line are read too). The model label is
-"<model> <pretrained>"; dataset names are mapped to this catalog's (wds/ and vtab/ prefixes
-dropped, "flowers" -> "flowers102", ...); zeroshot_retrieval becomes retrieval; a linear_probe
-result on X becomes dataset "X_linear_probe" with its lp_ prefix dropped from the metric names.
+"<model> <pretrained>" (a local-dir:FOLDER model by its folder name); dataset names are mapped
+to this catalog's (wds/ and vtab/ prefixes dropped, "flowers" -> "flowers102", ...);
+zeroshot_retrieval becomes retrieval; a linear_probe result on X becomes dataset
+"X_linear_probe" with its lp_ prefix dropped from the metric names. The main metric is the
+catalog's when the result has it (else the task's default: evals.aggregate then shows it in a
+column of its own, never under another metric's).
 """
 import glob
 import json
 import os
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.io import read_text
+from llip.models.formats import openclip
 
 ALIASES = {"flowers": "flowers102", "kitti_closest_vehicle_distance": "kitti_distance",
            "clevr_count_all": "clevr_counts", "mscoco_captions": "coco_retrieval",
@@ -57,6 +61,17 @@ def dataset_name(raw: str, task: str, language) -> str:
     return name if language in (None, "", "en") else f"{name}_{language}"
 
 
+def model_label(model: str, pretrained: str) -> str:
+    """"<model> <pretrained>"; an open_clip local-dir model (e.g. our export's folder) by its
+    folder name, its pretrained left out when it only repeats the folder's stem (open_clip
+    ignores pretrained there)."""
+    if model.startswith(openclip.LOCAL_DIR):
+        model = os.path.basename(model[len(openclip.LOCAL_DIR):].rstrip("/"))
+        if pretrained == os.path.splitext(model)[0]:
+            pretrained = ""
+    return f"{model} {pretrained}".strip()
+
+
 def to_record(obj, source: str, catalog=None) -> dict:
     """One CLIP_benchmark result object -> one record in evals.runner's result format."""
     if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED) or \
@@ -76,7 +91,7 @@ def to_record(obj, source: str, catalog=None) -> dict:
             next(iter(metrics), None)
     if main is None:
         raise ConfigError(f"{source}: result for {obj['dataset']} has no numeric metric")
-    model = f"{obj['model']} {obj.get('pretrained') or ''}".strip()
+    model = model_label(obj["model"], obj.get("pretrained") or "")
     return {"id": f"clip_benchmark:{model}", "checkpoint": f"clip_benchmark:{model}",
             "model": model, "step": None, "dataset": name, "task": task, "metric": main,
             "n": None, "by_tau": [{"eval_tau": None, "metrics": metrics,

@@ -1,7 +1,8 @@
-"""Zero-shot evals of many checkpoints on many datasets:
+"""The eval sweep: zero-shot evals of many checkpoints on many datasets.
 
     python -m evals.main_mc --fname config_evals/<x>.yaml
 
+(The name is the documented command's, kept from the Llip release: "mc" for many checkpoints.)
 One task per (checkpoint, dataset), run locally or as a SLURM job array; each encodes the images
 once, scores every eval tau from those embeddings and writes one JSON result. Existing complete
 results are skipped, so a sweep can simply be re-run after failures. A task that fails (missing
@@ -10,144 +11,52 @@ listed at the end and the exit code is 1. Bad sweep input stops everything befor
 (exit 2). Results are aggregated into tables (CSV, Markdown) and a plot of each metric vs step.
 """
 import argparse
-import dataclasses
-import numbers
 import os
 import sys
 import time
 
-import yaml
-
-from evals import checkpoints, results
+from evals import checkpoints
 from evals.aggregate import aggregate
-from evals.catalog import (
-    DEFAULT_CATALOG,
-    PROBE_TASKS,
-    expand,
-    expand_names,
-    load_catalogs,
-    load_groups,
-)
-from evals.runner import describe, run_task
-from llip.cli import ConfigError, cli, closest
+from evals.runner import run_task, task_name
+from evals.sweep_file import SweepConfig, load_sweep
+from llip import code_snapshot
+from llip.cli import cli
+from llip.errors import ConfigError, closest, one_line
+from llip.evaluation import results
+from llip.evaluation.catalog import expand_names, load_catalogs, load_groups
+from llip.evaluation.evaluators import EVALUATORS
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepConfig:
-    checkpoints: list  # paths, run dirs, globs, {"path": run_dir, "all": true}, or
-    #                    {"openclip": NAME, "pretrained": PATH_OR_TAG}
-    output_dir: str
-    datasets: object = "all"  # "all" or a list of names
-    catalogs: list = dataclasses.field(default_factory=lambda: [DEFAULT_CATALOG])
-    batch_size: int = 256
-    workers: int = 4
-    eval_tau: list = dataclasses.field(default_factory=lambda: [None])  # Llip only
-    launcher: str = "local"  # local | slurm
-    slurm: dict = dataclasses.field(default_factory=dict)
-
-
-SLURM_KEYS = {"partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task",
-              "gpus_per_node", "mem_gb", "array_parallelism", "max_wait_min"}
-
-
-def _expand_values(value):
-    if isinstance(value, str):
-        return expand(value)
-    if isinstance(value, list):
-        return [_expand_values(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _expand_values(v) for k, v in value.items()}
-    return value
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_types(raw: dict, path: str) -> dict:
-    """Every field's type and range; returns the fields normalised (eval_tau always a list)."""
-    def fail(key, what):
-        raise ConfigError(f"{path}: '{key}' must be {what}, got {raw[key]!r}")
-
-    if not isinstance(raw["checkpoints"], list) or not raw["checkpoints"]:
-        fail("checkpoints", "a non-empty list")
-    raw["checkpoints"] = [checkpoints.validate_entry(e, path) for e in raw["checkpoints"]]
-    if not isinstance(raw["output_dir"], str) or not raw["output_dir"]:
-        fail("output_dir", "a path")
-    if "datasets" in raw and raw["datasets"] != "all" and not (
-            isinstance(raw["datasets"], list) and raw["datasets"]
-            and all(isinstance(d, str) for d in raw["datasets"])):
-        fail("datasets", "'all' or a non-empty list of dataset names")
-    if "catalogs" in raw and not (isinstance(raw["catalogs"], list) and raw["catalogs"]
-                                  and all(isinstance(c, str) for c in raw["catalogs"])):
-        fail("catalogs", "a non-empty list of catalog paths")
-    if "batch_size" in raw and not (_is_int(raw["batch_size"]) and raw["batch_size"] > 0):
-        fail("batch_size", "an integer > 0")
-    if "workers" in raw and not (_is_int(raw["workers"]) and raw["workers"] >= 0):
-        fail("workers", "an integer >= 0")
-    if "eval_tau" in raw:
-        taus = raw["eval_tau"] if isinstance(raw["eval_tau"], list) else [raw["eval_tau"]]
-        if not taus or not all(_is_number(t) and t > 0 for t in taus):
-            fail("eval_tau", "a number > 0 or a non-empty list of them (Llip's eval-time "
-                             "softmax temperature)")
-        raw["eval_tau"] = list(dict.fromkeys(float(t) for t in taus))
-    if raw.get("launcher", "local") not in ("local", "slurm"):
-        fail("launcher", "local or slurm")
-    if not isinstance(raw.get("slurm", {}), dict):
-        fail("slurm", "a mapping of SLURM settings")
-    unknown = set(raw.get("slurm") or {}) - SLURM_KEYS
-    if unknown:
-        raise ConfigError(f"{path}: unknown slurm key(s) {', '.join(sorted(unknown))}; "
-                          f"known: {', '.join(sorted(SLURM_KEYS))}")
-    return raw
-
-
-def load_sweep(path: str) -> SweepConfig:
-    if not os.path.exists(path):
-        raise ConfigError(f"eval config {path} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except yaml.YAMLError as exn:
-        raise ConfigError(f"eval config {path} is not valid YAML: {str(exn).splitlines()[0]}") \
-            from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"eval config {path} must be a mapping of keys (checkpoints, "
-                          "output_dir, ...)")
-    fields = {f.name: f for f in dataclasses.fields(SweepConfig)}
-    for key in raw:
-        if key not in fields:
-            raise ConfigError(f"{path}: unknown key '{key}'; closest: {closest(key, fields)}")
-    for key in ("checkpoints", "output_dir"):
-        if key not in raw:
-            raise ConfigError(f"{path}: missing key '{key}'")
-    return SweepConfig(**_check_types(_expand_values(raw), path))
-
-
-def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
-    """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
-    checkpoint that cannot be read (its tasks cannot run; the others still do)."""
+def datasets_of(sweep: SweepConfig, allow_pipe: bool = False):
+    """-> (the merged catalog, the names of the sweep's datasets), every name checked; a name
+    whose catalog entry is broken is kept: its tasks fail, the others run."""
     catalog = load_catalogs(sweep.catalogs, allow_pipe)
     groups = load_groups(sweep.catalogs)
-    names = list(catalog) if sweep.datasets == "all" else \
+    names = catalog.names() if sweep.datasets == "all" else \
         expand_names(sweep.datasets, catalog, groups)
     for name in names:
         if name not in catalog:
             raise ConfigError(f"unknown dataset '{name}'; closest: "
                               f"{closest(name, [*catalog, *groups])}")
-    tasks, failures = [], []
+    return catalog, names
+
+
+def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
+    """-> (tasks, failures): one task per (readable checkpoint, dataset); one failure line per
+    checkpoint that cannot be read and per dataset whose catalog entry is broken (their tasks
+    cannot run; the others still do)."""
+    catalog, names = datasets_of(sweep, allow_pipe)
+    failures = [(name, str(catalog.broken[name])) for name in names if name in catalog.broken]
+    names = [name for name in names if name not in catalog.broken]
+    tasks = []
     for ckpt in checkpoints.expand(sweep.checkpoints):
         if isinstance(ckpt, checkpoints.Unreadable):
             failures.append((ckpt.path, ckpt.reason))
             continue
         tasks.extend({"checkpoint": ckpt, "dataset": catalog[name],
-                      # eval tau is Llip's and only scores zero-shot tasks, not probes
+                      # eval tau is Llip's and only scores through the logits (not probes)
                       "taus": sweep.eval_tau if ckpt.loss == "llip" and
-                      catalog[name]["task"] not in PROBE_TASKS else [None],
+                      EVALUATORS[catalog[name]["task"]].uses_tau else [None],
                       "batch_size": sweep.batch_size, "workers": sweep.workers,
                       "output": results.result_path(sweep.output_dir, ckpt.label, name, ckpt.id)}
                      for name in names)
@@ -156,18 +65,6 @@ def build_tasks(sweep: SweepConfig, allow_pipe: bool = False):
 
 def is_done(task) -> bool:
     return not results.missing_taus(results.read_result(task["output"]), task["taus"])
-
-
-def one_line(exn: BaseException) -> str:
-    """An exception as one line. DataLoader workers re-raise with the worker's whole traceback
-    in the message: its last line is the error."""
-    text = str(exn) if isinstance(exn, ConfigError) else f"{type(exn).__name__}: {exn}"
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return type(exn).__name__
-    if len(lines) > 1 and "Original Traceback" in text:
-        return lines[-1].removeprefix("llip.cli.ConfigError: ")
-    return lines[0]
 
 
 def _scores(result) -> str:
@@ -183,10 +80,10 @@ def run_local(tasks) -> list:
         start = time.time()
         try:
             r = run_task(task)
-            print(f"[{i}/{len(tasks)}] {describe(task)}: {_scores(r)} "
+            print(f"[{i}/{len(tasks)}] {task_name(task)}: {_scores(r)} "
                   f"(n={r['n']}, {time.time() - start:.1f}s)", flush=True)
         except Exception as exn:  # noqa: BLE001 - a failing task never stops the sweep
-            failures.append((describe(task), one_line(exn)))
+            failures.append((task_name(task), one_line(exn)))
             print(f"[{i}/{len(tasks)}] FAILED {failures[-1][0]}: {failures[-1][1]}", flush=True)
     return failures
 
@@ -194,7 +91,10 @@ def run_local(tasks) -> list:
 def run_slurm(tasks, sweep: SweepConfig) -> list:
     import submitit
     s = sweep.slurm
-    executor = submitit.AutoExecutor(folder=os.path.join(sweep.output_dir, "submitit"))
+    # the tasks import what this process imports (a sweep's code snapshot), whatever
+    # environment the cluster exports to jobs
+    executor = submitit.AutoExecutor(folder=os.path.join(sweep.output_dir, "submitit"),
+                                     slurm_python=code_snapshot.python())
     params = {"timeout_min": s.get("timeout_min", 60), "cpus_per_task": s.get("cpus_per_task",
               max(1, sweep.workers)), "slurm_array_parallelism": s.get("array_parallelism", 64),
               "gpus_per_node": s.get("gpus_per_node", 0), "name": "llip-eval"}
@@ -207,13 +107,17 @@ def run_slurm(tasks, sweep: SweepConfig) -> list:
     jobs = executor.map_array(run_task, tasks)
     print(f"submitted array {jobs[0].job_id.split('_')[0]} with {len(jobs)} tasks; logs in "
           f"{executor.folder}", flush=True)
+    if s.get("max_wait_min", 120) == 0:  # e.g. the eval follower of a sweep (llip.follow)
+        print("not waiting (max_wait_min: 0): run this command again, or llip-aggregate, to "
+              "collect the results", flush=True)
+        return []
     deadline = time.time() + 60 * s.get("max_wait_min", 120)
     while not all(job.done() for job in jobs):  # bounded: a dead task must not hang the sweep
         if time.time() > deadline:
             print("stopped waiting; re-run this command later to aggregate what finished")
             break
         time.sleep(2)
-    return [(describe(t), _slurm_reason(job, executor.folder))
+    return [(task_name(t), _slurm_reason(job, executor.folder))
             for t, job in zip(tasks, jobs) if not is_done(t)]
 
 
@@ -223,9 +127,8 @@ def _slurm_reason(job, folder) -> str:
             exn = job.exception()  # the task's traceback, as text: its last line is the error
         except Exception:  # noqa: BLE001 - an unreadable job state is reported as such
             exn = None
-        lines = [line.strip() for line in str(exn or "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1].removeprefix("llip.cli.ConfigError: ")
+        if exn is not None and str(exn).strip():  # the task's traceback, as text
+            return one_line(str(exn))
     return f"no complete result (see {folder})"
 
 
@@ -235,8 +138,22 @@ def main(argv=None) -> int:
     parser.add_argument("--fname", required=True, help="YAML eval config")
     parser.add_argument("--allow-pipe", action="store_true",
                         help="let catalog paths be pipe: shell commands (trusted catalogs only)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the file (types, catalogs, datasets) and run nothing; "
+                        "checkpoints and output_dir may be left to whoever runs it")
+    parser.add_argument("--no-aggregate", action="store_true",
+                        help="leave the tables to a later llip-aggregate")
     args = parser.parse_args(argv)
-    sweep = load_sweep(args.fname)
+    if args.check:
+        sweep = load_sweep(args.fname, required=(), announce=print)
+        catalog, names = datasets_of(sweep, args.allow_pipe)
+        print(f"{args.fname}: {len(names)} dataset(s) ({', '.join(names[:5])}"
+              f"{' ...' if len(names) > 5 else ''}), launcher {sweep.launcher}")
+        broken = [name for name in names if name in catalog.broken]
+        for name in broken:
+            print(f"FAILED {name}: {catalog.broken[name]}")
+        return 1 if broken else 0
+    sweep = load_sweep(args.fname, announce=print)
     tasks, failures = build_tasks(sweep, args.allow_pipe)
     for what, reason in failures:
         print(f"FAILED {what}: {reason}", flush=True)
@@ -247,8 +164,10 @@ def main(argv=None) -> int:
     failures += run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
         run_local(todo)
     print()
-    if any(results.read_result(t["output"]) for t in tasks):
-        aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs))
+    results.record_catalogs(sweep.output_dir, sweep.catalogs)
+    if not args.no_aggregate and any(results.read_result(t["output"]) for t in tasks):
+        aggregate(sweep.output_dir, groups=load_groups(sweep.catalogs),
+                  catalog=load_catalogs(sweep.catalogs, args.allow_pipe))
     if failures:
         print(f"\n{len(failures)} failed:")
         for what, reason in failures:

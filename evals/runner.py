@@ -1,5 +1,6 @@
 """One eval task: (checkpoint, dataset, eval taus) -> one JSON result, written atomically.
-Runs the same way in the local loop and inside a SLURM array task.
+Runs the same way in the local loop and inside a SLURM array task; the scoring is the catalog
+task's evaluator (llip.evaluation.evaluators).
 
 The images are encoded once per task: every eval tau is scored from the same image embeddings
 (tau is an argument of the model's scoring, never written into the model). A result that already
@@ -9,25 +10,16 @@ import time
 
 import torch
 
-from evals import checkpoints, results
-from evals.catalog import PROBE_TASKS
-from evals.datasets import classification_batches, retrieval_data
-from evals.multilabel import PER_IMAGE_TASKS, evaluate_per_image
-from evals.probe import run_probe
-from evals.zeroshot import (
-    Classification,
-    Retrieval,
-    class_embeddings,
-    encode_texts,
-    score_images,
-)
-from llip.cli import ConfigError
+from evals import checkpoints
 from llip.data import tokenizer_for, transform_for
+from llip.errors import CheckpointError
+from llip.evaluation import results
+from llip.evaluation.evaluators import EVALUATORS, Context
 from llip.io import write_json
 
 
-def describe(task) -> str:
-    """The task in progress and failure lines: its result file's name."""
+def task_name(task) -> str:
+    """A task in progress and failure lines: its result file's name."""
     ckpt = task["checkpoint"]
     return f"{ckpt.label}__{task['dataset']['name']}__{ckpt.id}"
 
@@ -42,38 +34,17 @@ def run_task(task: dict) -> dict:
     ckpt, entry = task["checkpoint"], task["dataset"]
     model, cfg, step = checkpoints.load(ckpt, device)
     if step != ckpt.step:
-        raise ConfigError(f"checkpoint {ckpt.path} now holds step {step}, not {ckpt.step}: it "
-                          "was overwritten; run the sweep again")
-    taus = todo if cfg.loss == "llip" else [None]
+        raise CheckpointError(f"checkpoint {ckpt.path} now holds step {step}, not {ckpt.step}: "
+                              "it was overwritten; run the sweep again")
+    evaluator = EVALUATORS[entry["task"]]
+    taus = todo if cfg.loss == "llip" and evaluator.uses_tau else [None]
     # an open_clip subject brings its own preprocessing and tokenizer
-    transform = getattr(model, "preprocess", None) or transform_for(cfg, train=False)
-    tokenizer = getattr(model, "tokenizer", None) or tokenizer_for(cfg)
-    batch_size, workers = task["batch_size"], task["workers"]
-    if entry["task"] in PROBE_TASKS:  # image features only: eval tau plays no part
-        metrics = run_probe(model, entry, transform, batch_size, workers, device)
-        scorers, encoded = None, metrics["n"] + metrics["n_train"]
-        scored = [{"eval_tau": None, "metrics": metrics}]
-    elif entry["task"] == "zeroshot_classification":
-        batches, classnames = classification_batches(entry, transform, batch_size, workers)
-        text_emb = class_embeddings(model, tokenizer, classnames, entry["templates"], device,
-                                    batch_size)
-        scorers = {tau: Classification(len(classnames), device) for tau in taus}
-    elif entry["task"] in PER_IMAGE_TASKS:  # per-image prompts: one pass per tau
-        scorers, encoded = None, 0
-        scored = []
-        for tau in taus:
-            metrics = evaluate_per_image(model, entry, transform, tokenizer, batch_size, workers,
-                                         device, tau)
-            scored.append({"eval_tau": results.tau_key(tau), "metrics": metrics})
-            encoded += metrics["n"]
-    else:
-        captions, owner, batches = retrieval_data(entry, transform, batch_size, workers)
-        text_emb = encode_texts(model, tokenizer, captions, batch_size, device)
-        scorers = {tau: Retrieval(owner, device=device) for tau in taus}
-    if scorers is not None:
-        encoded = score_images(model, batches, text_emb, scorers, device)
-        scored = [{"eval_tau": results.tau_key(tau), "metrics": scorer.result()}
-                  for tau, scorer in scorers.items()]
+    ctx = Context(getattr(model, "preprocess", None) or transform_for(cfg, train=False),
+                  getattr(model, "tokenizer", None) or tokenizer_for(cfg),
+                  task["batch_size"], task["workers"], device, image_size=cfg.image_size)
+    by_tau, encoded = evaluator.evaluate(model, entry, ctx, taus)
+    scored = [{"eval_tau": results.tau_key(tau), "metrics": metrics}
+              for tau, metrics in by_tau.items()]
     kept = existing["by_tau"] if existing else []
     by_tau = sorted(kept + [{**s, "value": s["metrics"][entry["metric"]]} for s in scored],
                     key=lambda e: (e["eval_tau"] is not None, e["eval_tau"] or 0))

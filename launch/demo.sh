@@ -8,7 +8,7 @@ PY=${PY:-.venv/bin/python}
 export WANDB_MODE=${WANDB_MODE:-offline}
 export CONFIG=${CONFIG:-llip_demo} DATA_DIR=${DATA_DIR:-data/digits} LOGS_DIR=${LOGS_DIR:-logs}
 
-$PY -m llip.data.digits "$DATA_DIR"
+$PY -m llip.data.synthetic.digits "$DATA_DIR"
 $PY -m llip.main "$CONFIG" "train_data=$DATA_DIR/train-{000000..000005}.tar" "logs=$LOGS_DIR" "$@"
 $PY -m evals.main_mc --fname config_evals/demo.yaml
 echo

@@ -1,16 +1,21 @@
-"""The run configuration schema: one flat frozen dataclass and its validation.
+"""The run configuration: one flat frozen dataclass, every check of its values, and the fields
+that may change when a run resumes.
 
 Flat on purpose: every field is a `key=value` override on the command line with the same name
-(as open_clip_train's flags), and one YAML file describes a run. Named experiments are functions
-in llip/run_configs/; the override parser and user errors are in llip/cli.py.
+(as open_clip_train's flags), and one YAML file describes a run; leaf functions take the fields
+they need, not the whole config. Named experiments are functions in llip/run_configs/; the
+override parser is in llip/cli.py.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
+import re
 
-from llip.cli import ConfigError
-from llip.config_checks import check_values
+import braceexpand
+
+from llip.errors import ConfigError
 
 LOSSES = ("clip", "siglip", "llip")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -18,6 +23,8 @@ LLIP_QUERIES = ("text", "zero")
 INITS = ("ours", "reference")
 SCHEDULES = ("cosine", "const")
 WANDB_MODES = ("offline", "online", "disabled")
+CHOICES = {"loss": LOSSES, "precision": PRECISIONS, "schedule": SCHEDULES,
+           "wandb_mode": WANDB_MODES, "llip_query": LLIP_QUERIES, "init": INITS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,10 +68,11 @@ class RunConfig:
     # vision blocks, normal(0, fan_in^-1/2) for the three head projections.
     init: str = "ours"
 
-    # --- starting point and what trains (llip/models/pretrained.py, llip/models/tuning.py) ---
+    # --- starting point and what trains (llip/loading.py, llip/models/tuning.py) ---
     init_from: str = ""  # weights file (llip export, released Llip, open_clip) or hf-hub:org/name
     init_from_model: str = ""  # the open_clip model name of an open_clip init_from
-    lock_image: bool = False  # freeze the vision tower (LiT)
+    lock_image: bool = False  # freeze the vision tower (LiT); Llip's mixture tokens still train
+    lock_mixture_tokens: bool = False  # llip with lock_image: freeze the mixture tokens too
     lock_text: bool = False  # freeze the text tower
     unlock_last_n: int = 0  # ...except its last n blocks, final LayerNorm and projection
     unlock_norms: bool = False  # ...except its LayerNorms
@@ -128,7 +136,7 @@ class RunConfig:
     # --- evals inside training (llip/training/evaluate.py) ---
     eval_every: int = 0  # steps; 0: off
     eval_datasets: str = ""  # '::'- or ','-joined dataset names of the eval catalog
-    eval_catalog: str = ""  # a catalog JSON; empty: evals/dataset_catalog.json
+    eval_catalog: str = ""  # a catalog JSON; empty: llip/evaluation/dataset_catalog.json
 
     # ------------------------------------------------------------------
     @property
@@ -147,52 +155,15 @@ class RunConfig:
         return float(self.init_logit_bias)
 
     def validate(self) -> "RunConfig":
-        check_values(self)  # types, ranges, finiteness, safe strings (llip/config_checks.py)
-        _choice("loss", self.loss, LOSSES)
-        _choice("precision", self.precision, PRECISIONS)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("wandb_mode", self.wandb_mode, WANDB_MODES)
-        _choice("llip_query", self.llip_query, LLIP_QUERIES)
-        _choice("init", self.init, INITS)
-        try:
-            if not math.isfinite(self.logit_bias_init):
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"init_logit_bias={self.init_logit_bias!r} must be a number or "
-                              "'auto' (= -ln(batch_size - 1))") from None
-        for f in ("batch_size", "epochs", "mixture_tokens", "cross_attn_heads", "embed_dim",
-                  "checkpoint_every", "keep_last", "log_every", "llip_chunk", "accum_steps"):
-            if getattr(self, f) < 1:
-                raise ConfigError(f"{f}={getattr(self, f)} must be >= 1")
-        if self.embed_dim % self.cross_attn_heads:
-            raise ConfigError(f"embed_dim={self.embed_dim} must be divisible by "
-                              f"cross_attn_heads={self.cross_attn_heads}")
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"image_size={self.image_size} must be divisible by "
-                              f"patch_size={self.patch_size}")
+        """Every value check of a config; the first failure is one ConfigError naming the field
+        and the fix."""
+        _check_fields(self)
+        _check_model(self)
         _check_tuning(self)
-        for f in ("keep_every", "eval_every"):
-            if getattr(self, f) < 0:
-                raise ConfigError(f"{f}={getattr(self, f)} must be >= 0 (0: off)")
+        _check_data(self)
         if self.eval_every and not self.eval_datasets:
             raise ConfigError(f"eval_every={self.eval_every} needs eval_datasets, e.g. "
                               "eval_datasets=imagenet1k::coco_retrieval")
-        if self.peak_tflops < 0:
-            raise ConfigError(f"peak_tflops={self.peak_tflops} must be >= 0 (0: look it up)")
-        if self.cross_attn_tau <= 0:
-            raise ConfigError(f"cross_attn_tau={self.cross_attn_tau} must be > 0")
-        n_sources = len(self.train_data.split("::")) if self.train_data else 0
-        if self.train_data_weights:
-            weights = self.train_data_weights.split("::")
-            if len(weights) != n_sources:
-                raise ConfigError(f"train_data_weights has {len(weights)} entries but train_data "
-                                  f"has {n_sources} sources: give one weight per '::' source")
-            try:
-                if any(float(w) < 0 for w in weights) or sum(map(float, weights)) <= 0:
-                    raise ValueError
-            except ValueError:
-                raise ConfigError(f"train_data_weights={self.train_data_weights!r} must be "
-                                  "non-negative numbers joined by '::', e.g. 0.7::0.3") from None
         return self
 
     def require_training_inputs(self) -> None:
@@ -203,25 +174,154 @@ class RunConfig:
                               "train_data=/path/shard-{000000..000099}.tar")
 
 
-def _check_tuning(cfg: "RunConfig") -> None:
-    for f in ("unlock_last_n", "lora_rank", "text_mlp_ratio"):
-        if getattr(cfg, f) < 0:
-            raise ConfigError(f"{f}={getattr(cfg, f)} must be >= 0")
+# ---------------------------------------------------------------- value checks
+# Lower bounds of integer fields (fields not named here must be >= 1).
+INT_MIN = {"train_num_samples": 0, "workers": 0, "shuffle_buffer": 0, "warmup_steps": 0,
+           "seed": 0, "slurm_mem_gb": 0, "slurm_signal_delay_s": 0, "unlock_last_n": 0,
+           "lora_rank": 0, "keep_every": 0, "eval_every": 0}
+# (low, high, low inclusive) of float fields; all floats must also be finite.
+FLOAT_RANGE = {
+    "mlp_ratio": (0, None, False), "cross_attn_tau": (0, None, False),
+    "lr": (0, None, True), "wd": (0, None, True), "eps": (0, None, False),
+    "beta1": (0, 1, True), "beta2": (0, 1, True), "grad_clip": (0, None, True),
+    "max_corrupt_fraction": (0, 1, False), "text_mlp_ratio": (0, None, True),
+    "peak_tflops": (0, None, True),
+}
+# A run name becomes a directory under `logs` and the SLURM job name: no '/', no '..'.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=@-]{0,199}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_fields(cfg: RunConfig) -> None:
+    """Each field on its own: its type, finite numbers in range, one-line strings, choices."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        kind = f.type if isinstance(f.type, str) else f.type.__name__
+        if not isinstance(value, _TYPES[kind]) or (kind != "bool" and isinstance(value, bool)):
+            raise ConfigError(f"{f.name}={value!r} must be of type {kind}")
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, str):
+            # A newline in e.g. slurm_partition would add a shell line to the sbatch script.
+            bad = _CONTROL.search(value)
+            if bad:
+                raise ConfigError(f"{f.name} contains the control character {bad.group()!r}: "
+                                  "give it on one line without tabs or newlines")
+            if f.name in CHOICES and value not in CHOICES[f.name]:
+                raise ConfigError(f"{f.name}={value!r} is not one of "
+                                  f"{', '.join(CHOICES[f.name])}")
+        elif kind == "int" and value < INT_MIN.get(f.name, 1):
+            raise ConfigError(f"{f.name}={value} must be >= {INT_MIN.get(f.name, 1)}")
+        if kind == "float":
+            _check_float(f.name, float(value))
+    if not NAME.match(cfg.name):
+        raise ConfigError(f"name={cfg.name!r} must be 1-200 letters, digits or ._+=@- (not "
+                          "starting with . or -): it names the run dir under logs=")
+
+
+def _check_float(name: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{name}={value} must be a finite number")
+    low, high, low_inclusive = FLOAT_RANGE.get(name, (None, None, True))
+    if low is not None and (value < low or (value == low and not low_inclusive)):
+        raise ConfigError(f"{name}={value} must be {'>=' if low_inclusive else '>'} {low}")
+    if high is not None and value >= high:
+        raise ConfigError(f"{name}={value} must be < {high}")
+
+
+def _check_model(cfg: RunConfig) -> None:
+    """Shapes that must divide, and the sigmoid bias."""
+    for tower in ("vision", "text"):
+        width, heads = getattr(cfg, f"{tower}_width"), getattr(cfg, f"{tower}_heads")
+        if width % heads:
+            raise ConfigError(f"{tower}_width={width} must be divisible by {tower}_heads={heads}")
+    if cfg.embed_dim % cfg.cross_attn_heads:
+        raise ConfigError(f"embed_dim={cfg.embed_dim} must be divisible by "
+                          f"cross_attn_heads={cfg.cross_attn_heads}")
+    if cfg.image_size % cfg.patch_size:
+        raise ConfigError(f"image_size={cfg.image_size} must be divisible by "
+                          f"patch_size={cfg.patch_size}")
+    try:
+        if not math.isfinite(cfg.logit_bias_init):
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"init_logit_bias={cfg.init_logit_bias!r} must be a number or "
+                          "'auto' (= -ln(batch_size - 1))") from None
+
+
+def _check_tuning(cfg: RunConfig) -> None:
     partial = [f for f in ("unlock_last_n", "unlock_norms", "unlock_biases", "lora_rank")
                if getattr(cfg, f)]
     if partial and not (cfg.lock_image or cfg.lock_text):
         raise ConfigError(f"{partial[0]} only applies to a locked tower: set lock_image=true "
                           "and/or lock_text=true")
+    if cfg.lock_mixture_tokens and not (cfg.loss == "llip" and cfg.lock_image):
+        raise ConfigError("lock_mixture_tokens only applies to a llip config with lock_image=true "
+                          "(the mixture tokens train with the vision tower otherwise)")
     if cfg.init_from_model and not cfg.init_from:
         raise ConfigError(f"init_from_model={cfg.init_from_model} without init_from: give the "
                           "weights, e.g. init_from=/path/open_clip_model.pt")
 
 
-def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{field}={value!r} is not one of {', '.join(allowed)}")
+def _check_data(cfg: RunConfig) -> None:
+    """Every '::' source is non-empty and brace-expands (checked on its first name only: a spec
+    may stand for millions of shards); one finite non-negative weight per source."""
+    sources = cfg.train_data.split("::") if cfg.train_data else []
+    for i, source in enumerate(sources):
+        if not source.strip():
+            raise ConfigError(f"train_data={cfg.train_data!r} has an empty source (#{i + 1}): "
+                              "remove the extra '::'")
+        try:
+            list(itertools.islice(braceexpand.braceexpand(source.strip()), 1))
+        except braceexpand.UnbalancedBracesError:
+            raise ConfigError(f"train_data source {source.strip()!r} has unbalanced braces: "
+                              "write ranges as {000000..000099}") from None
+    if not cfg.train_data_weights:
+        return
+    weights = cfg.train_data_weights.split("::")
+    try:
+        numbers = [float(w) for w in weights]
+        if not all(math.isfinite(w) and w >= 0 for w in numbers) or sum(numbers) <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"train_data_weights={cfg.train_data_weights!r} must be finite "
+                          "non-negative numbers joined by '::', e.g. 0.7::0.3") from None
+    if len(weights) != len(sources):
+        raise ConfigError(f"train_data_weights has {len(weights)} entries but train_data "
+                          f"has {len(sources)} sources: give one weight per '::' source")
+    if not cfg.dataset_resampled:
+        raise ConfigError("train_data_weights needs dataset_resampled=true: without resampling "
+                          "every shard is read once per pass, whatever the weights")
 
 
+# ---------------------------------------------------------------- resume
+# What a relaunch into a run dir that has a checkpoint may change: how long, how often to log
+# and save, how many workers and nodes, speed switches that do not change the maths, where it
+# is logged. Anything else would mix two experiments in one run dir.
+SAFE_TO_CHANGE = frozenset({
+    "name", "description", "logs",  # where the run lives (a moved run dir still resumes)
+    "epochs",  # train longer (the cosine schedule is stretched from the resumed step on)
+    "log_every", "checkpoint_every", "keep_last", "wandb_project", "wandb_mode",
+    "workers", "nodes", "gpus_per_node",  # DCP reshards; the batch order then differs
+    "torch_compile", "grad_checkpointing", "llip_chunk",  # speed/memory, same maths
+    "max_corrupt_fraction",
+    "slurm_partition", "slurm_account", "slurm_qos", "slurm_constraint", "slurm_timeout_min",
+    "slurm_mem_gb", "slurm_cpus_per_task", "slurm_gpus", "slurm_comment",
+    "slurm_signal_delay_s",
+})
+
+
+def config_changes(saved: dict, cfg: RunConfig) -> list[str]:
+    """'key saved -> new' for every field outside SAFE_TO_CHANGE that differs."""
+    new = to_dict(cfg)
+    defaults = to_dict(RunConfig())
+    return [f"{key} {saved.get(key, defaults[key])!r} -> {value!r}"
+            for key, value in new.items()
+            if key not in SAFE_TO_CHANGE and saved.get(key, defaults[key]) != value]
+
+
+# ---------------------------------------------------------------- dict form
 def to_dict(cfg: RunConfig) -> dict:
     return dataclasses.asdict(cfg)
 

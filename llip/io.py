@@ -1,7 +1,8 @@
 """Files that must never be seen half-written: write a temporary sibling, fsync, rename.
 
 A reader (a resumed run, an eval sweep, another rank) sees the old file or the new one, never a
-torn one, whatever kills the writer.
+torn one, whatever kills the writer; and others can read it as they read any file of the user's
+(the umask's mode, whatever mode the writer gave its file).
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import os
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -19,9 +22,14 @@ def atomic_path(path: str):
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
+        if os.path.exists(tmp):  # left by a killed writer of the same pid
+            os.remove(tmp)
+        with open(tmp, "wb"):  # a new plain file: the mode the umask gives (0644 under 022)
+            mode = os.stat(tmp).st_mode & 0o777
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # some writers create their own file 0600 (safetensors does)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -41,8 +49,58 @@ def write_json(path: str, value, indent=None) -> str:
 
 
 def read_json(path: str):
+    """A JSON file; one nested too deeply to parse is malformed (json.JSONDecodeError), like any
+    other, not a RecursionError."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        text = f.read()
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:100], 0) from None
+
+
+# Configs, sweeps and eval files are small: a larger one, or one whose aliases expand to more
+# nodes than this (an "alias bomb": kilobytes that become gigabytes when walked), is refused.
+MAX_YAML_BYTES = 4 << 20
+MAX_YAML_NODES = 200_000
+
+
+def read_yaml(path: str):
+    """yaml.safe_load of a small file (never runs code); an oversized file, nesting too deep to
+    parse or aliases that expand beyond MAX_YAML_NODES raise yaml.YAMLError, as bad YAML does."""
+    size = os.path.getsize(path)
+    if size > MAX_YAML_BYTES:
+        raise yaml.YAMLError(f"{size} bytes, more than any config's {MAX_YAML_BYTES}")
+    text = read_text(path)
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_nodes(node) > MAX_YAML_NODES:
+            raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_NODES} nodes")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def _expanded_nodes(root) -> int:
+    """Nodes of the document with every alias expanded, counted without expanding (each shared
+    node once, times its uses); a recursive alias is refused."""
+    sizes, open_nodes, stack = {}, set(), [root]
+    while stack:
+        node = stack[-1]
+        children = [c for pair in node.value for c in (pair if isinstance(pair, tuple)
+                                                       else (pair,))] \
+            if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) else []
+        todo = [c for c in children if id(c) not in sizes]
+        if any(id(c) in open_nodes for c in todo):
+            raise yaml.YAMLError("an alias refers to a node that contains it")
+        if todo:
+            open_nodes.add(id(node))
+            stack.extend(todo)
+            continue
+        stack.pop()
+        open_nodes.discard(id(node))
+        sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+    return sizes[id(root)]
 
 
 def read_text(path: str) -> str:

@@ -1,26 +1,20 @@
+"""Fixtures the tests share: real shards of the digits, one trained CLIP run, a tiny open_clip
+architecture registered with open_clip."""
+import json
 import os
-import socket
+import shutil
 import subprocess
-import sys
 
 import pytest
-import torch.multiprocessing as mp
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO, TINY_OPEN_CLIP, run_cli, write_catalog
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """Real WebDataset shards of sklearn's digits (train + held-out test)."""
-    from llip.data.digits import build
+    from llip.data.synthetic.digits import build
     return build(str(tmp_path_factory.mktemp("digits")))
-
-
-def run_cli(*args, env=None, timeout=600, cwd=REPO):
-    """Run a module of this repo in a fresh interpreter, the way a user would."""
-    full_env = {**os.environ, "WANDB_MODE": "offline", **(env or {})}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, cwd=cwd)
 
 
 @pytest.fixture(scope="session")
@@ -37,56 +31,32 @@ def trained_clip(digits, tmp_path_factory):
     return os.path.join(logs, "clip_demo")
 
 
-def write_catalog(path, digits, changes=None):
-    """The demo catalog pointed at test shards; `changes` (name -> entry) edit or break it."""
-    from llip.io import read_json, write_json
-    catalog = read_json(os.path.join(REPO, "config_evals", "demo_catalog.json"))
-    for name, entry in catalog.items():
-        if not name.startswith("_"):
-            entry["path"] = digits["test"]
-            if "train_path" in entry:
-                entry["train_path"] = digits["train"]
-    for name, entry in (changes or {}).items():
-        catalog[name] = entry
-    write_json(str(path), catalog)
-    return str(path)
+@pytest.fixture(scope="module")
+def tiny_open_clip(tmp_path_factory):
+    """Register TINY_OPEN_CLIP (and a SigLIP-style twin with a logit bias) with open_clip."""
+    import open_clip
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    (folder / "tiny-test-clip.json").write_text(json.dumps(TINY_OPEN_CLIP))
+    (folder / "tiny-test-siglip.json").write_text(json.dumps({**TINY_OPEN_CLIP,
+                                                               "init_logit_bias": -10.0}))
+    open_clip.add_model_config(folder)
+    return folder
 
 
-def run_ranks(worker, *args, world: int = 2, results: int = 1, timeout: float = 300) -> list:
-    """Run `worker(rank, port, *args, queue)` in `world` spawned processes that form a real gloo
-    group on a free local port; return the first `results` items they put on the queue, once
-    every process has exited cleanly."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(rank, port, *args, queue)) for rank in range(world)]
-    for p in procs:
-        p.start()
-    out = [queue.get(timeout=timeout) for _ in range(results)]
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
-    return out
-
-
-def assert_one_error(result, *needles):
-    """A command that failed the way bad input must: exit 2, no traceback, and a last line
-    `error: ...` that holds every needle."""
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
-    assert lines and lines[-1].startswith("error:"), result.stderr[-2000:]
-    for needle in needles:
-        assert needle in lines[-1], lines[-1]
-
-
-class Touch:
-    """A pickle payload that runs `touch path` when unpickled: the marker file that proves
-    whether a loader ran code from data."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real two-node SLURM cluster on this machine (launch/local_slurm.sh), shared by every
+    SLURM test of the session; skipped where it cannot run (not root, no packages)."""
+    if os.geteuid() != 0:
+        pytest.skip("the local SLURM cluster needs root (apt-get, munge, slurmd)")
+    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
+        pytest.skip("no slurmctld and no apt-get to install it")
+    state = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run(["bash", "launch/local_slurm.sh", "start", str(state)], cwd=REPO,
+                             capture_output=True, text=True, timeout=900)
+    if started.returncode != 0:
+        pytest.skip(f"local SLURM did not start: {started.stderr.strip()[-300:]}")
+    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
+    yield state
+    subprocess.run(["bash", "launch/local_slurm.sh", "stop", str(state)], cwd=REPO, timeout=60)
+    os.environ.pop("SLURM_CONF", None)

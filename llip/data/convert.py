@@ -36,8 +36,9 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from llip.cli import ConfigError, cli, storage_error
+from llip.cli import cli
 from llip.data import caption_list
+from llip.errors import ConfigError, StorageError, storage_error
 from llip.io import atomic_path, atomic_write, read_text, sha256_file, write_json
 from llip.io import read_json as read_json_file
 
@@ -346,7 +347,7 @@ def main(argv=None) -> int:
         line = storage_error(exn, args.out)  # read-only, full or not a directory: one line
         if line is None:
             raise
-        raise ConfigError(line) from None
+        raise StorageError(line) from None
     print(f"{manifest['total_samples']} samples in {len(manifest['shards'])} shards: "
           f"{manifest['spec']}\n{manifest['failed']} skipped (see {args.out}/failed.tsv)")
     return 0

@@ -19,25 +19,13 @@ import collections
 import logging
 import os
 
-from llip.cli import ConfigError
+from llip.errors import DataError
 
 log = logging.getLogger("llip.data")
 WINDOW = 1000  # samples per worker over which the corrupt fraction is measured
 SOURCE_PROBE_SHARDS = 20
 SOURCE_PROBE_SAMPLES = 100
 EMPTY_SHARDS_IN_A_ROW = 200
-
-
-class DataError(ConfigError):
-    """Data a run cannot train on: one line. Raised in a DataLoader worker, it reaches the main
-    process rebuilt by torch from a message that holds the worker's traceback; only the original
-    line is kept, so the command still ends with one line."""
-
-    def __init__(self, message: str):
-        if "Original Traceback" in message:
-            lines = [line for line in message.splitlines() if line.strip()]
-            message = lines[-1].split("DataError: ", 1)[-1]
-        super().__init__(message)
 
 
 class SkipCounter:
@@ -122,16 +110,13 @@ class ShardWatch:
         self.failed[source] += 1
         if not self.decoded[source] and self.failed[source] >= SOURCE_PROBE_SAMPLES:
             raise DataError(f"none of the first {self.failed[source]} samples of "
-                            f"{self.describe(source)} could be decoded (last: "
+                            f"{source_name(self.sources, source)} could be decoded (last: "
                             f"{sample.get('__url__', '?')}: {type(exn).__name__}: "
                             f"{_one_line(exn)}): fix or remove that source")
 
-    def describe(self, source: int) -> str:
-        return describe_source(self.sources, source)
-
     def _check_empty(self, source: int, url: str) -> None:
         if not self.read[source] and self.drawn[source] >= SOURCE_PROBE_SHARDS:
-            raise DataError(f"{self.describe(source)} yielded no samples from "
+            raise DataError(f"{source_name(self.sources, source)} yielded no samples from "
                             f"{self.drawn[source]} shard reads (last: {url}): its shards are "
                             "empty or unreadable")
         if self.draws_since_sample >= EMPTY_SHARDS_IN_A_ROW:
@@ -139,7 +124,7 @@ class ShardWatch:
                             f"(last: {url}): shards empty or storage unreachable")
 
 
-def describe_source(sources: list[list[str]], source: int) -> str:
+def source_name(sources: list[list[str]], source: int) -> str:
     """How an error names a train_data source: its first shard (and count), and its number
     when train_data mixes several."""
     urls = sources[source] if source < len(sources) else []

@@ -14,9 +14,10 @@ import textwrap
 import webdataset as wds
 from PIL import Image
 
-from llip.cli import ConfigError, cli
+from llip.cli import cli
 from llip.data import IMAGE_KEYS, caption_list
 from llip.data.stream import check_shards, expand_sources, manifest_samples
+from llip.errors import ConfigError
 
 IMAGE_EXTS = tuple(IMAGE_KEYS.split(";"))
 

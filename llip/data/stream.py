@@ -5,7 +5,13 @@
 * Resampled (default): every (rank, worker) draws shards with replacement from its own RNG, so
   2.5B samples never need a file listing and the stream is infinite. The RNG seed is a function of
   (seed, rank, worker, start_step): restarting the stream at a checkpoint's step reproduces the
-  exact same batches, which is what makes resume exact.
+  exact same batches, which is what makes resume exact. Readers draw independently, so ranks are
+  not disjoint: over n draws of n shards about 1 - 1/e = 63% of the shards are read.
+* Partitioned (`dataset_resampled=false`): each pass deals a fresh permutation of the shards to
+  the readers (rank x worker) in disjoint equal slices. A stream restarted at step s is
+  positioned, not replayed: each worker's pass, shard and samples to skip in that shard follow
+  from s (train_num_samples / shards samples per shard), so resume reads nothing consumed
+  (except what sat in the shuffle buffer) and continues the same sequence.
 * Corrupt samples and unreadable shards are skipped with a warning and counted; every batch
   carries the counts since the previous batch of its worker, so the trainer can log exact totals.
 * Every batch also carries a 32-bit digest of its samples' keys and captions, computed in the
@@ -25,12 +31,13 @@ import zlib
 from urllib.parse import urlparse
 
 import braceexpand
+import numpy
 import torch
 import webdataset as wds
 
-from llip.cli import ConfigError
 from llip.data import caption_list, sample_image
-from llip.data.health import DataError, ShardWatch, SkipCounter, describe_source
+from llip.data.health import ShardWatch, SkipCounter, source_name
+from llip.errors import ConfigError, DataError
 from llip.io import read_json
 
 log = logging.getLogger("llip.data")
@@ -51,6 +58,8 @@ def parse_weights(weights: str, n_sources: int) -> list[float]:
 
 def local_path(url: str):
     """The filesystem path of a local shard URL, or None for remote / pipe URLs."""
+    if ":" not in url:  # a plain path (most specs): urlparse would cost 1 s per 250k shards
+        return url
     if url.startswith("pipe:"):
         return None
     parsed = urlparse(url)
@@ -59,33 +68,64 @@ def local_path(url: str):
     return None
 
 
+LIST_ABOVE = 64  # shards of one directory: up to this many get a stat each, more one listing
+
+
 def check_shards(sources: list[list[str]]) -> None:
     """Fail before training if local shards are missing, or if every shard of a source is an
-    empty tar (remote ones are checked when read). One stat per shard (and one 512-byte read of
-    the tiny ones): the trainer calls it once per job, on the main rank only."""
+    empty tar (remote ones are checked when read). The trainer calls it once per job, on the
+    main rank only. Metadata calls, not bytes, are the cost on a parallel file system (~2 ms
+    each): a directory holding many of the shards is listed once instead of a stat per shard,
+    and the empty-tar check stops at the first shard that holds data (one stat, usually)."""
     for i, urls in enumerate(sources):
-        paths = [local_path(u) for u in urls]
-        missing, empty = [], 0
-        for path in filter(None, paths):
-            try:
-                empty += _empty_tar(path, os.stat(path).st_size)
-            except FileNotFoundError:
-                missing.append(path)
+        paths = [p for p in map(local_path, urls) if p is not None]
+        missing = _missing(paths)
         if missing:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")
-        if urls and empty == len(urls):
-            raise ConfigError(f"{describe_source(sources, i)} holds no samples: its shards are "
+        if urls and len(paths) == len(urls) and all(map(_empty_tar, paths)):
+            raise ConfigError(f"{source_name(sources, i)} holds no samples: its shards are "
                               "empty tars: fix or remove that source")
 
 
-def _empty_tar(path: str, size: int) -> bool:
+def _missing(paths: list[str]) -> list[str]:
+    """The paths that are not files, in order: a stat each where a directory holds few of them,
+    else one listing of the directory."""
+    by_dir: dict[str, list[str]] = {}
+    for path in paths:
+        by_dir.setdefault(os.path.dirname(path), []).append(path)
+    present = set()
+    for directory, members in by_dir.items():
+        files = _files_in(directory or ".") if len(members) > LIST_ABOVE else None
+        if files is None:
+            present.update(p for p in members if os.path.isfile(p))
+        else:
+            present.update(p for p in members if os.path.basename(p) in files)
+    return [p for p in paths if p not in present]
+
+
+def _files_in(directory: str):
+    """The names of the files in `directory` (symlinks followed), or None where it cannot be
+    listed but its files may still be readable (no read permission on the directory)."""
+    try:
+        with os.scandir(directory) as entries:
+            return {e.name for e in entries if e.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    except OSError:
+        return None
+
+
+def _empty_tar(path: str) -> bool:
     """A tar without a member: at most one record (10 KiB) of zeros, so its first block (where
     a member's header would be) is all zero."""
-    if size > 10240:
+    try:
+        if os.stat(path).st_size > 10240:
+            return False
+        with open(path, "rb") as f:
+            return not any(f.read(512))
+    except OSError:  # gone since the listing: not provably empty; the stream reports it if read
         return False
-    with open(path, "rb") as f:
-        return not any(f.read(512))
 
 
 def local_batch_size(cfg, world_size: int) -> int:
@@ -162,30 +202,57 @@ def _resampled_shards(sources, weights, rng):
         yield {"url": rng.choice(sources[source]), "source": source}
 
 
-def _partitioned_shards(sources, rng, index, count):
-    """Without resampling: a disjoint slice of the shards per (rank, worker), reshuffled
-    every pass."""
-    urls = [u for s in sources for u in s]
-    if len(urls) < count:
-        raise DataError(f"dataset_resampled=false needs >= {count} shards (ranks x workers), "
+def _partitioned_shards(sources, seed: int, reader: int, readers: int, start: int = 0,
+                        pass_samples: int = 0):
+    """Without resampling: every pass is a new permutation of all shards (a function of seed and
+    pass), dealt to the `readers` (ranks x workers) in equal disjoint slices of n // readers
+    shards; the n % readers left over sit that pass out (a different few each pass). The reader
+    begins `start` samples into its sequence, counting pass_samples / n samples per shard: the
+    pass and shard are computed, not read through, and the first shard's "skip" says how many
+    of its samples were already consumed."""
+    urls = sources[0] if len(sources) == 1 else [u for s in sources for u in s]
+    per_pass = len(urls) // readers
+    if not per_pass:
+        raise DataError(f"dataset_resampled=false needs >= {readers} shards (ranks x workers), "
                         f"found {len(urls)}: use dataset_resampled=true")
+    if start and pass_samples <= 0:
+        raise ValueError("a partitioned stream that starts past sample 0 needs pass_samples")
+    shard = start * len(urls) // pass_samples if start else 0
+    skip = start - shard * pass_samples // len(urls) if start else 0
+    pass_no, index = divmod(shard, per_pass)
     while True:
-        order = urls[:]
-        random.Random(rng.random()).shuffle(order)  # same permutation on every (rank, worker)
-        for url in order[index::count]:
-            yield {"url": url}
+        order = _pass_order(len(urls), seed, pass_no)
+        for i in range(index, per_pass):
+            yield {"url": urls[order[reader + i * readers]], **({"skip": skip} if skip else {})}
+            skip = 0
+        pass_no, index = pass_no + 1, 0
+
+
+def _pass_order(n: int, seed: int, pass_no: int):
+    """The permutation of n shards for one pass (numpy's legacy RandomState: its streams are
+    frozen across numpy versions, so a resumed run deals the same shards)."""
+    return numpy.random.RandomState(stream_seed(seed, pass_no) % 2 ** 32).permutation(n)
+
+
+def consumed_samples(step: int, batch_size: int, worker: int, workers: int) -> int:
+    """Samples a worker of a rank has yielded by `step` of a stream started at step 0: the
+    DataLoader takes a rank's batches from its workers in turn, worker w making the batches
+    w, w + workers, w + 2 * workers, ..."""
+    return max(0, -(-(step - worker) // workers)) * batch_size
 
 
 class ShardStream(torch.utils.data.IterableDataset):
     def __init__(self, sources, weights, transform, tokenizer, batch_size: int, *,
                  shuffle_buffer: int, seed: int, rank: int, world_size: int, start_step: int,
-                 resampled: bool = True, max_corrupt_fraction: float = 0.5):
+                 resampled: bool = True, max_corrupt_fraction: float = 0.5,
+                 pass_samples: int = 0):
         super().__init__()
         self.sources, self.weights = sources, weights
         self.transform, self.tokenizer, self.batch_size = transform, tokenizer, batch_size
         self.shuffle_buffer, self.resampled = shuffle_buffer, resampled
         self.seed, self.rank, self.world_size, self.start_step = seed, rank, world_size, start_step
         self.max_corrupt_fraction = max_corrupt_fraction
+        self.pass_samples = pass_samples  # samples in all shards (positions a partitioned stream)
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -199,9 +266,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         if self.resampled:
             shards = _resampled_shards(self.sources, self.weights, rng)
         else:
-            shards = _partitioned_shards(self.sources, random.Random(self.seed),
-                                         self.rank * n_workers + worker,
-                                         self.world_size * n_workers)
+            shards = _partitioned_shards(
+                self.sources, self.seed, self.rank * n_workers + worker,
+                self.world_size * n_workers,
+                consumed_samples(self.start_step, self.batch_size, worker, n_workers),
+                self.pass_samples)
         images, captions, digest = [], [], 0
         for image, caption, key in decode_samples(shards, self.transform, self.shuffle_buffer,
                                                   rng, shard_errors, sample_errors, watch):
@@ -220,7 +289,9 @@ def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
     """{"url": ...} dicts -> (image tensor, caption, key); every failure is counted and
     skipped."""
     watch = watch or ShardWatch(None)
-    samples = watch.read_samples(wds.tarfile_to_samples(handler=shard_errors)(watch.urls(shards)))
+    skips = {}
+    samples = watch.read_samples(_skip_consumed(wds.tarfile_to_samples(handler=shard_errors)(
+        watch.urls(_note_skips(shards, skips))), skips))
     if shuffle_buffer > 1:
         samples = wds.shuffle(shuffle_buffer, initial=min(shuffle_buffer, 100), rng=rng)(samples)
     for sample in samples:
@@ -238,6 +309,26 @@ def decode_samples(shards, transform, shuffle_buffer: int, rng: random.Random,
         watch.good(sample)
         sample_errors.ok()
         yield item
+
+
+def _note_skips(shards, skips: dict):
+    for shard in shards:
+        if shard.get("skip"):
+            skips[shard["url"]] = shard["skip"]
+        yield shard
+
+
+def _skip_consumed(samples, skips: dict):
+    """Drop the first skips[url] samples of shard `url` (only a resumed partitioned stream's first
+    shard has an entry: the samples trained on before the checkpoint), without decoding them."""
+    for sample in samples:
+        if skips:
+            url = sample.get("__url__")
+            if skips.get(url, 0) > 0:
+                skips[url] -= 1
+                continue
+            skips.clear()  # past the consumed head of the first shard (or it was unreadable)
+        yield sample
 
 
 _TEXT_EXTS = TEXT_KEYS.split(";")
@@ -266,14 +357,36 @@ def build_train_stream(cfg, world_rank: int, world_size: int, start_step: int, t
         sources, parse_weights(cfg.train_data_weights, len(sources)), transform, tokenizer,
         local_batch_size(cfg, world_size), shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
         rank=world_rank, world_size=world_size, start_step=start_step,
-        resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction)
+        resampled=cfg.dataset_resampled, max_corrupt_fraction=cfg.max_corrupt_fraction,
+        pass_samples=cfg.train_num_samples)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=torch.cuda.is_available(),
         prefetch_factor=4 if cfg.workers else None, persistent_workers=False,
-        worker_init_fn=die_with_parent)
+        worker_init_fn=worker_init)
 
 
-def die_with_parent(_worker_id=None) -> None:
+# SLURM signals every process of a job before it stops it (USR1/USR2 from --signal before a time
+# limit or a preemption, TERM when it ends the job): they are the trainer's to handle (requeue,
+# finish a checkpoint). A worker killed by one would make torch raise in the trainer, in the
+# middle of its requeue, and the job would be lost; so a worker ignores USR1/USR2 and leaves on
+# TERM with exit status 0, which torch does not count as a failure (and which lets the exiting
+# trainer's own SIGTERM to its workers end them, where ignoring TERM would hang that exit).
+IGNORED_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+def worker_init(_worker_id=None) -> None:
+    """A DataLoader worker leaves the job's signals to its trainer, and dies with it."""
+    for sig in IGNORED_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _leave)
+    die_with_parent()
+
+
+def _leave(signum, frame):
+    os._exit(0)
+
+
+def die_with_parent() -> None:
     """Linux: the kernel kills this worker when the trainer dies, even while the worker is
     blocked inside a read (a hung pipe: URL, a stalled mount) where no Python check runs."""
     try:

@@ -5,7 +5,11 @@ checkpoint's tensors always match the model's).
 A locked tower's parameters get requires_grad=False, so they get no gradient and the optimizer
 (llip.training.optim.param_groups) keeps no state for them. The towers are `visual.*` (plus
 `image_proj` for CLIP/SigLIP) and `text.*` (plus `text_proj`); Llip's head, the logit scale and
-bias always train. Inside a locked tower these can stay trainable:
+bias always train. Llip's K mixture tokens and their positions (`visual.prefix_tokens`,
+`visual.prefix_pos`) sit in the vision tower but belong to its head: a locked vision tower keeps
+them trainable unless `lock_mixture_tokens` (started from a CLIP class token they are K
+near-identical copies, which a frozen ViT would never tell apart). Inside a locked tower these
+can stay trainable:
 - unlock_last_n: the last n residual blocks, the final LayerNorm and the projection;
 - unlock_norms: every LayerNorm;  unlock_biases: every bias (BitFit);
 - lora_rank: low-rank adapters on the attention projections of its still-frozen blocks:
@@ -20,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 
 TOWERS = {"image": ("visual.", "image_proj"), "text": ("text.", "text_proj")}
 POST = {"image": ("visual.ln_post.", "image_proj"), "text": ("text.ln_final.", "text_proj")}
+MIXTURE_TOKENS = ("visual.prefix_tokens", "visual.prefix_pos")  # of a Llip model
 _BLOCK = re.compile(r"^(visual|text)\.transformer\.resblocks\.(\d+)\.")
 LORA_NAMES = ("lora_in_a", "lora_in_b", "lora_out_a", "lora_out_b")
 
@@ -133,19 +138,25 @@ def apply_tuning(model: nn.Module, cfg) -> TuningReport:
         notes.append(f"LoRA rank {cfg.lora_rank} on {adapted} attention layers")
     norms = {f"{m}.{p}" if m else p for m, mod in model.named_modules()
              if isinstance(mod, nn.LayerNorm) for p, _ in mod.named_parameters(recurse=False)}
+    mixture = cfg.loss == "llip" and "image" in locked and not cfg.lock_mixture_tokens
     for name, param in model.named_parameters():
         tower = tower_of(name)
         if tower not in locked:
             continue
         param.requires_grad_(name.rsplit(".", 1)[-1] in LORA_NAMES
+                             or (mixture and name in MIXTURE_TOKENS)
                              or (cfg.unlock_norms and name in norms)
                              or (cfg.unlock_biases and name.endswith("bias"))
                              or _in_last_blocks(name, tower, cfg.unlock_last_n, layers[tower]))
     unlocked = [what for what, on in ((f"last {cfg.unlock_last_n} blocks", cfg.unlock_last_n),
                                       ("LayerNorms", cfg.unlock_norms),
                                       ("biases", cfg.unlock_biases)) if on]
-    notes[:0] = [f"{tower} tower locked" + (f" except {', '.join(unlocked)}" if unlocked else "")
-                 for tower in locked]
+    for i, tower in enumerate(locked):
+        kept = (["Llip's mixture tokens and their positions"] if tower == "image" and mixture
+                else []) + unlocked
+        notes.insert(i, f"{tower} tower locked" + (f" except {', '.join(kept)}" if kept else "")
+                     + (" (mixture tokens included)" if tower == "image" and
+                        cfg.lock_mixture_tokens else ""))
     params = list(model.parameters())
     return TuningReport(sum(p.numel() for p in params if p.requires_grad),
                         sum(p.numel() for p in params), notes)

@@ -2,8 +2,9 @@
 registers them all. `resolve(name, overrides)` is how commands turn CLI text into a config."""
 import dataclasses
 
-from llip.cli import ConfigError, apply_overrides, closest
+from llip.cli import apply_overrides
 from llip.config import RunConfig
+from llip.errors import ConfigError, closest
 from llip.run_configs import (  # noqa: F401  (importing registers the configs)
     baselines,
     llip_paper,

@@ -19,6 +19,16 @@ B32 = dataclasses.replace(REFERENCE, patch_size=32, mixture_tokens=64)
 
 # Tried first when a checkpoint's config is chosen from its shapes.
 RELEASED = ("llip_b16_k32", "llip_G14_k64")
+# The release's config names (facebookresearch/Llip, llip/run_configs/llip.py, the
+# `mc_config_name` of its eval YAMLs) -> ours. Its llip_b32_k64 builds a B/16 (model
+# ViT-B-16-quickgelu-siglip-ncls:64); its base llip_b32 is the B/32 K=64; the *_node variants
+# are the B/16 K=32 model with another cluster layout.
+RELEASE_NAMES = {"llip_b32": "llip_b32_k64", "llip_b32_k64": "llip_b16_k64",
+                 "llip_b32_k32": "llip_b32_k32", "llip_b32_k128": "llip_b32_k128",
+                 "llip_b16_k32": "llip_b16_k32", "llip_b16_k32_12_node": "llip_b16_k32",
+                 "llip_b16_k32_2_node_debug": "llip_b16_k32", "llip_l14_k32": "llip_l14_k32",
+                 "llip_l14_k64": "llip_l14_k64", "llip_h14_k64": "llip_h14_k64",
+                 "llip_G14_k64": "llip_G14_k64"}
 
 
 def _reference(base: RunConfig, description: str, **changes) -> RunConfig:

@@ -1,8 +1,8 @@
-"""The binding benchmark in miniature: tiny towers on llip.data.scenes (3 objects per image,
-captions naming 1 or 2 of them), equal steps and fair settings for every loss.
+"""The binding benchmark in miniature: tiny towers on llip.data.synthetic.scenes (3 objects per
+image, captions naming 1 or 2 of them), equal steps and fair settings for every loss.
 
 Run:  python benchmarks/caption_diversity.py        (3 losses + the control, 3 seeds, evals)
-  or  python -m llip.data.scenes data/scenes && python -m llip.main llip_scenes
+  or  python -m llip.data.synthetic.scenes data/scenes && python -m llip.main llip_scenes
 Expect: the table and verdict recorded in benchmarks/RESULTS.md.
 
 Fair settings: the sigmoid bias starts at -ln(B - 1) (-10 is a 32k-batch value that a short
@@ -55,9 +55,9 @@ def llip_scenes_zero_query() -> RunConfig:
                                "parameters and compute): the mechanism control")
 
 
-# The negative control (llip.data.attributes: one object, each caption names one attribute):
-# the same towers, steps and batch; each variant's lr from its own sweep on the attributes
-# validation split (`caption_diversity.py --task attributes --sweep ...`).
+# The negative control (llip.data.synthetic.attributes: one object, each caption names one
+# attribute): the same towers, steps and batch; each variant's lr from its own sweep on the
+# attributes validation split (`caption_diversity.py --task attributes --sweep ...`).
 ATTRIBUTES = dataclasses.replace(SCENES, train_data="data/attributes/train-{000000..000019}.tar")
 
 

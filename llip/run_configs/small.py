@@ -2,7 +2,7 @@
 
 *_tiny: smoke-test size for any shards (tests, quick checks of a new dataset).
 *_demo: trained by `make demo` on scikit-learn's handwritten digits (built by
-        `python -m llip.data.digits data/digits`). Expect: >= 90% zero-shot top-1 on the
+        `python -m llip.data.synthetic.digits data/digits`). Expect: >= 90% zero-shot top-1 on the
         held-out digits after a few CPU minutes (chance is 10%).
 """
 import dataclasses

@@ -3,7 +3,7 @@
 Every rank writes its shards into step_XXXXXXXX.tmp; once DCP reports the save finished, the main
 rank adds the config and the COMPLETE marker and renames the directory, so a crash mid-save never
 leaves a half checkpoint that looks valid, and the previous one stays. DCP reshards on load: a
-checkpoint saved at N ranks loads at any world size. The directory layout belongs to llip.run_dir.
+checkpoint saved at N ranks loads at any world size.
 
 Asynchronous saves (`checkpoint_async`, the default): training stops only while the state is
 copied to CPU memory (DCP's staging); a background thread on every rank writes the files, then
@@ -11,20 +11,19 @@ hashes the files that rank wrote. DCP's save ends with the coordinator (rank 0) 
 rank's write results and writing the metadata, so when a rank's save has finished, all ranks'
 files are on disk; the digests are then gathered (on the checkpoint's own gloo group) and rank 0
 writes the marker and renames, without stopping any rank's training. A new save first waits for
-the previous one; the end of training waits for the last; a SIGTERM (where nothing else handles
-it) ends the run through the same wait, so a save in flight still completes.
+the previous one; the end of training waits for the last; a stop signal (llip.training.stop)
+ends the run through the same wait, so a save in flight still completes.
 Every checkpoint's COMPLETE marker records the sha256 and size of each of its files (each rank
 hashes its own, so hashing time does not grow with the world size). Resume verifies the newest
 checkpoint's digests (each rank its share, the verdict shared by all) before reading it, and
-falls back to the previous one, with a warning, if it does not verify. Reading without running
-code and the digests belong to
+falls back to the previous one, with a warning, if it does not verify. The directory layout
+belongs to llip.run_dir; digests, their verification and reading without running code to
 llip.checkpoint_files.
 """
 import contextlib
 import logging
 import os
 import shutil
-import signal
 import threading
 import time
 
@@ -33,9 +32,27 @@ import torch.distributed.checkpoint as dcp
 import torch.distributed.checkpoint.api as dcp_api
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from llip import checkpoint_files as cf
-from llip import run_dir as rd
-from llip.cli import ConfigError, storage_error
+from llip.checkpoint_files import (
+    METADATA,
+    digests,
+    load_dcp,
+    load_failure,
+    owner,
+    verify,
+)
+from llip.errors import CheckpointError, StorageError, UserError, storage_error
+from llip.run_dir import (
+    CONFIG,
+    checkpoint_dir,
+    clean_partial,
+    complete_checkpoints,
+    mark_corrupt,
+    partial_dir,
+    prune,
+    read_marker,
+    write_config,
+    write_marker,
+)
 from llip.training import dist
 
 log = logging.getLogger("llip.train")
@@ -45,8 +62,8 @@ _NOT_STATE = ("time", "files")  # marker entries that are not trainer state
 
 
 def _start(run_dir: str, step: int, is_main: bool) -> tuple[str, str]:
-    final = rd.checkpoint_dir(run_dir, step)
-    tmp = final + ".tmp"
+    final = checkpoint_dir(run_dir, step)
+    tmp = partial_dir(final)
     if is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
@@ -60,29 +77,39 @@ def _state(model, optimizer, trainer_state: dict) -> dict:
             "trainer": {k: torch.as_tensor(v) for k, v in trainer_state.items()}}
 
 
-def _finish(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict, group=None) -> None:
+def _finish(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict, metadata,
+            group=None) -> None:
     """All ranks, once every rank's files are written: each hashes the files it wrote (so a
     checkpoint of N ranks is hashed N ways in parallel, not by the main rank alone); the main
     rank gathers the digests, marks the checkpoint complete, renames it and prunes."""
     rank, size = dist.rank_and_size()
-    try:
-        if rank == 0:
-            rd.write_config(tmp, cfg)
-        share = cf.digests(tmp, [n for n in _saved_files(tmp) if cf.owner(n, size) == rank])
-    except (OSError, ConfigError) as exn:  # still take part in the gather: no rank may hang
-        share = exn
-    shares = dist.all_gather_object(share, group=group)
+    shares = dist.all_gather_object(_hash_share(tmp, cfg, metadata, rank, size), group=group)
     failed = [s for s in shares if isinstance(s, BaseException)]
     if failed:
         raise failed[0]
-    if rank != 0:
-        return
+    if rank == 0:
+        _commit(run_dir, cfg, tmp, final, trainer_state, shares)
+
+
+def _hash_share(tmp: str, cfg, metadata, rank: int, size: int):
+    """One rank's part of a commit: {name: digest} of the files it wrote (rank 0 first writes the
+    config), or the error, returned: every rank must still take part in the gather."""
+    try:
+        if rank == 0:
+            write_config(tmp, cfg)
+        return digests(tmp, [n for n in _saved_files(metadata) if owner(n, size) == rank])
+    except (OSError, UserError) as exn:
+        return exn
+
+
+def _commit(run_dir: str, cfg, tmp: str, final: str, trainer_state: dict, shares) -> None:
+    """The main rank, with every rank's digests: the COMPLETE marker, the rename, the pruning."""
     recorded = {name: d for s in shares for name, d in s.items()}
-    rd.write_marker(tmp, {**trainer_state, "time": time.time(), "files": recorded})
+    write_marker(tmp, {**trainer_state, "time": time.time(), "files": recorded})
     if os.path.exists(final):  # re-saving the same step (e.g. resumed at the very end)
         shutil.rmtree(final)
     os.rename(tmp, final)
-    rd.prune(run_dir, cfg.keep_last, cfg.keep_every)
+    prune(run_dir, cfg.keep_last, cfg.keep_every)
     print(f"checkpoint {final}", flush=True)
 
 
@@ -91,8 +118,8 @@ def save(run_dir: str, cfg, step: int, model, optimizer, trainer_state: dict,
     """A blocking save (all ranks)."""
     tmp, final = _start(run_dir, step, is_main)
     with _named(final):
-        dcp.save(_state(model, optimizer, trainer_state), checkpoint_id=tmp)
-        _finish(run_dir, cfg, tmp, final, {"step": step, **trainer_state})
+        metadata = dcp.save(_state(model, optimizer, trainer_state), checkpoint_id=tmp)
+        _finish(run_dir, cfg, tmp, final, {"step": step, **trainer_state}, metadata)
     dist.barrier()
     return final
 
@@ -108,7 +135,6 @@ class Checkpointer:
         # backend.
         self.group = dist.new_cpu_group() if cfg.checkpoint_async else None
         self.pending = None  # (_Finisher thread, final path) of the save in flight
-        self._old_sigterm = None
 
     def save(self, step: int, model, optimizer, trainer_state: dict) -> None:
         self.wait()
@@ -121,8 +147,7 @@ class Checkpointer:
         state = {"step": step, **trainer_state}
 
         def finish():  # in the background, on every rank: written, then hashed and marked
-            future.result()
-            _finish(self.run_dir, self.cfg, tmp, final, state, self.group)
+            _finish(self.run_dir, self.cfg, tmp, final, state, future.result(), self.group)
         self.pending = (_Finisher(finish), final)
 
     def poll(self) -> None:
@@ -134,7 +159,6 @@ class Checkpointer:
         if self.pending is None:
             return
         thread, final = self.pending
-        # A SIGTERM that interrupts this wait leaves the save pending for the exit to finish.
         # (An Event, not Thread.join: a join interrupted by a signal can leave the thread
         # reported dead while it still runs, and the exit would not wait for it.)
         if not thread.finished.wait(timeout=timeout):
@@ -145,14 +169,9 @@ class Checkpointer:
                 raise thread.error
 
     def __enter__(self) -> "Checkpointer":
-        if (self.cfg.checkpoint_async and threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL):
-            self._old_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if self._old_sigterm is not None:  # a second SIGTERM kills at once
-            signal.signal(signal.SIGTERM, self._old_sigterm)
         if exc_type is None:
             self.wait()
             return
@@ -196,19 +215,16 @@ def _named(final: str):
                 raise
             line = (f"cannot write checkpoint {final}: the disk holding it is full ({free} "
                     "bytes free): free space or write elsewhere")
-        raise ConfigError(line) from None
+        raise StorageError(line) from None
 
 
-def _exit_on_sigterm(signum, frame):
-    raise SystemExit(128 + signum)
-
-
-def _saved_files(directory: str) -> list[str]:
-    """Every file of the checkpoint, from DCP's own record of what it wrote (its .metadata, read
-    through the allow-list), not a directory listing that a network file system may show stale."""
-    metadata = cf.read_metadata(os.path.join(directory, cf.METADATA))
-    data = {str(info.relative_path) for info in metadata.storage_data.values()}
-    return sorted(data | {cf.METADATA, rd.CONFIG})
+def _saved_files(metadata) -> list[str]:
+    """Every file of the checkpoint, from DCP's own record of what it wrote: the metadata that
+    dcp.save returns on every rank (what it wrote to .metadata), not a directory listing that
+    a network file system may show stale. Not re-read from disk: .metadata holds a chunk per
+    tensor per rank (95 MB for llip_G14 at 256 ranks), and every rank would read all of it."""
+    data = {info.relative_path for info in metadata.storage_data.values()}  # a chunk each
+    return sorted({str(name) for name in data} | {METADATA, CONFIG})
 
 
 def load(path: str, model, optimizer) -> dict:
@@ -216,12 +232,13 @@ def load(path: str, model, optimizer) -> dict:
     The caller has verified `path` (resume)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd,
-             "trainer": {k: torch.as_tensor(v) for k, v in rd.read_marker(path).items()
+             "trainer": {k: torch.as_tensor(v) for k, v in read_marker(path).items()
                          if k not in _NOT_STATE}}
     try:
-        cf.load_dcp(state, path)
+        load_dcp(state, path)
     except (Exception, dcp_api.CheckpointException) as exn:  # DCP wraps reader failures
-        raise ConfigError(f"checkpoint {path} cannot be loaded: {cf.cause(exn)}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be loaded: {load_failure(exn)}") \
+            from None
     set_state_dict(model, optimizer, model_state_dict=state["model"],
                    optim_state_dict=state["optim"])
     return {k: v.item() for k, v in state["trainer"].items()}
@@ -232,12 +249,13 @@ def resume(run_dir: str, model, optimizer, world) -> int:
     One that does not verify is moved aside (step_X.corrupt) with a warning and the previous
     one is tried; if none verifies the run stops rather than silently start over."""
     if world.is_main:
-        rd.clean_partial(run_dir)
+        clean_partial(run_dir)
     dist.barrier()
-    candidates = dist.all_gather_object(rd.complete_checkpoints(run_dir))[0]  # rank 0's view
+    candidates = dist.all_gather_object(complete_checkpoints(run_dir))[0]  # rank 0's view
     first_problem = None
     for path in reversed(candidates):
-        problem, corrupt = _verify_on_all_ranks(path, world)
+        # each rank hashes its share of the files; all get the same verdict
+        problem, corrupt = verify(path, world.rank, world.size, dist.all_gather_object)
         if problem is None:
             state = load(path, model, optimizer)
             if world.is_main:
@@ -245,27 +263,10 @@ def resume(run_dir: str, model, optimizer, world) -> int:
             return int(state["step"])
         first_problem = first_problem or problem
         if world.is_main:
-            moved = f"; moved to {rd.mark_corrupt(path)}" if corrupt else ""
+            moved = f"; moved to {mark_corrupt(path)}" if corrupt else ""
             log.warning("%s%s; falling back to the previous checkpoint", problem, moved)
         dist.barrier()
     if candidates:
-        raise ConfigError(f"no checkpoint of {run_dir} can be resumed; newest: {first_problem}")
+        raise CheckpointError(f"no checkpoint of {run_dir} can be resumed; newest: "
+                              f"{first_problem}")
     return 0
-
-
-def _verify_on_all_ranks(path: str, world):
-    """(one line saying why `path` cannot be resumed, or None; whether it is corrupt, not just
-    unverifiable), the same on every rank: each hashes its share of the files."""
-    try:
-        recorded = rd.read_marker(path).get("files")
-    except ConfigError as exn:
-        return str(exn), True
-    if not recorded:
-        trusted = cf.trusted_without_digests()
-        return (None if trusted else cf.missing_digests_message(path)), False
-    mine = {n: d for n, d in recorded.items() if cf.owner(n, world.size) == world.rank}
-    found = [p for share in dist.all_gather_object(cf.problems(path, mine)) for p in share]
-    if not found:
-        return None, False
-    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-    return f"checkpoint {path} is corrupt: {found[0]}{more}", True

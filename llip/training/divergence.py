@@ -12,12 +12,8 @@ import math
 
 import torch
 
-from llip.cli import ConfigError
+from llip.errors import Diverged
 from llip.training import dist
-
-
-class Diverged(ConfigError):
-    """Training produced a non-finite loss or weight."""
 
 
 def _message(what: str, step: int, cfg, last_saved: int) -> str:

@@ -5,45 +5,29 @@
     python -m llip.training.export <...> clip.pt --format open_clip   # CLIP / SigLIP only
     python -m llip.training.export llip_b16_k32.pt model.pt           # a released Llip file
 
-llip format: llip.run_dir's export (save_export); LoRA adapters are merged into their base
-weights. open_clip format: open_clip's CLIP state dict plus <stem>.json, its model config, so that
+llip format: llip.models.formats.ours; LoRA adapters are merged into their base weights.
+open_clip format: open_clip's CLIP state dict, <stem>.json (its model config) and <stem>.open_clip/
+(open_clip's local-dir folder: config and the same weights), so that
     open_clip.add_model_config("clip.json")
     open_clip.create_model_and_transforms("clip", pretrained="clip.pt")
-gives the same embeddings (and CLIP_benchmark can evaluate it). Llip stays in the llip format:
-open_clip has no Llip model. The source checkpoint is left untouched.
+or  open_clip.create_model_and_transforms("local-dir:clip.open_clip")
+give the same embeddings; the command prints these lines, the eval sweep entry, the init_from
+overrides and the CLIP_benchmark command (its --model takes a name or local-dir:FOLDER).
+Llip stays in the llip format: open_clip has no Llip model. The source checkpoint is left
+untouched. The writing is llip.loading's; this is its command line.
 """
 import argparse
 import json
 import os
+import shlex
 import sys
 
-import torch
+from llip.cli import cli
+from llip.loading import export
+from llip.models.formats import openclip
 
-from llip.cli import ConfigError, cli
-from llip.io import atomic_path, atomic_write
-from llip.models import open_clip_format
-from llip.run_dir import load_model, save_export
-
-
-def export(path: str, out: str, fmt: str = "llip", config: str = "") -> list[str]:
-    """Write the export; return the files written."""
-    model, cfg, step = load_model(path, config=config)
-    if fmt == "llip":
-        return [save_export(out, model, cfg, step)]
-    if cfg.loss == "llip":
-        raise ConfigError(f"{path} is a Llip model and open_clip has no Llip: export it with "
-                          "--format llip")
-    model_cfg = open_clip_format.config_of(cfg)
-    state = open_clip_format.from_ours(model.state_dict())
-    with atomic_path(out) as tmp:
-        if out.endswith(".safetensors"):
-            from safetensors.torch import save_file
-            save_file(state, tmp)
-        else:
-            torch.save(state, tmp)
-    config_path = os.path.splitext(out)[0] + ".json"
-    atomic_write(config_path, json.dumps(model_cfg, indent=2) + "\n")
-    return [out, config_path]
+# CLIP_benchmark's default output name holds --model, here a path: name results without it.
+CLIP_BENCHMARK_OUTPUT = "{dataset}_{pretrained}_{language}_{task}.json"
 
 
 @cli
@@ -56,15 +40,30 @@ def main(argv=None) -> int:
                         help="config of a released Llip checkpoint (default: from its shapes)")
     args = parser.parse_args(argv)
     files = export(args.checkpoint, args.out, args.format, args.config)
-    print(f"exported {' and '.join(files)}")
+    print(f"exported {', '.join(files)}")
     if args.format == "open_clip":
-        with open(files[1], encoding="utf-8") as f:
-            builtin = open_clip_format.builtin_name(json.load(f))
-        name = builtin or os.path.splitext(os.path.basename(args.out))[0]
-        register = "" if builtin else f"open_clip.add_model_config({files[1]!r}); "
-        print(f"open_clip: {register}open_clip.create_model_and_transforms({name!r}, "
-              f"pretrained={args.out!r})")
+        print(open_clip_uses(*files))
 
+
+def open_clip_uses(weights: str, config: str, folder: str) -> str:
+    """How each consumer takes an open_clip export: exact lines to copy."""
+    with open(config, encoding="utf-8") as f:
+        builtin = openclip.builtin_name(json.load(f))
+    stem = os.path.splitext(os.path.basename(weights))[0]
+    name, register = (builtin, "") if builtin else \
+        (stem, f"open_clip.add_model_config({config!r}); ")
+    local_dir = f"local-dir:{os.path.abspath(folder)}"
+    return "\n".join([
+        f"open_clip:      {register}open_clip.create_model_and_transforms({name!r}, "
+        f"pretrained={weights!r})",
+        f"                or open_clip.create_model_and_transforms({local_dir!r})",
+        f"eval sweep:     {{openclip: {builtin or os.path.abspath(config)}, pretrained: "
+        f"{os.path.abspath(weights)}}}",
+        f"init_from:      init_from={os.path.abspath(weights)} "
+        f"init_from_model={builtin or os.path.abspath(config)}",
+        f"CLIP_benchmark: clip_benchmark eval --model {shlex.quote(local_dir)} --pretrained "
+        f"{shlex.quote(stem)} --output {shlex.quote(CLIP_BENCHMARK_OUTPUT)} "
+        "--dataset DATASET --dataset_root ROOT"])
 
 if __name__ == "__main__":
     sys.exit(main())

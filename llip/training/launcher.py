@@ -1,25 +1,24 @@
-"""SLURM through submitit: an executor built from the config, and the requeueable callable.
+"""A run on SLURM through submitit: its executor (from the config), the requeueable callable,
+submission and the run's job record (the command is llip.submit; SLURM plumbing in
+llip.training.slurm).
 
 Preemption with sharded checkpoints: submitit calls `checkpoint()` on global rank 0 only, while a
 DCP save needs every rank. So `checkpoint()` saves nothing: it returns a fresh callable holding
 only the config (never a model or optimizer), submitit requeues the job, and the Trainer resumes
 from the newest complete checkpoint, which it writes every `checkpoint_every` steps.
 """
-import argparse
 import os
+import shlex
 import shutil
-import subprocess
 import sys
 
 import submitit
 
-from llip.cli import ConfigError, cli
+from llip.errors import ConfigError
 from llip.io import atomic_write, read_text
-from llip.run_configs import resolve
-from llip.run_dir import path_of
-from llip.training.trainer import Trainer, checked_for_training
-
-JOB_ID_FILE = "job_id"
+from llip.run_dir import job_id_path, path_of, submitit_dir
+from llip.training import slurm
+from llip.training.trainer import Trainer
 
 
 class SlurmTrainer(submitit.helpers.Checkpointable):
@@ -34,24 +33,12 @@ class SlurmTrainer(submitit.helpers.Checkpointable):
 
 
 def submitit_folder(cfg) -> str:
-    return os.path.abspath(os.path.join(path_of(cfg), "submitit"))
+    return submitit_dir(path_of(cfg))
 
 
-def slurm_parameters(cfg) -> dict:
-    """The sbatch settings a config asks for, in submitit's SlurmExecutor vocabulary."""
-    optional = {"partition": cfg.slurm_partition, "account": cfg.slurm_account,
-                "qos": cfg.slurm_qos, "constraint": cfg.slurm_constraint,
-                "comment": cfg.slurm_comment,
-                "mem": f"{cfg.slurm_mem_gb}GB" if cfg.slurm_mem_gb else "",
-                "gpus_per_node": cfg.gpus_per_node if cfg.slurm_gpus else 0}
-    return dict(
-        job_name=cfg.name, nodes=cfg.nodes, ntasks_per_node=cfg.gpus_per_node,
-        cpus_per_task=cfg.slurm_cpus_per_task, time=cfg.slurm_timeout_min,
-        signal_delay_s=cfg.slurm_signal_delay_s,
-        **{k: v for k, v in optional.items() if v})
-
-
-def make_executor(cfg, local: bool = False):
+def make_executor(cfg, local: bool = False, python: str = "", hold: bool = False):
+    """submitit's executor for a run: SLURM (or its local executor). `python`: the interpreter
+    command of the job (a sweep's code snapshot); `hold`: submit held (`scontrol release`)."""
     folder = submitit_folder(cfg)
     if local:
         executor = submitit.LocalExecutor(folder=folder)
@@ -63,19 +50,12 @@ def make_executor(cfg, local: bool = False):
         raise ConfigError("no SLURM on this machine (sbatch/srun not found): train with "
                           f"`python -m llip.main {cfg.name} ...`, or add --local to run through "
                           "submitit's local executor")
-    executor = submitit.SlurmExecutor(folder=folder, python=sys.executable)
-    executor.update_parameters(**slurm_parameters(cfg))
-    return executor
+    return slurm.executor(folder, slurm.parameters(cfg), python, hold)
 
 
-def submit(executor, cfg):
-    """Submit the run; a scheduler that refuses or cannot be reached is one line, not a trace."""
-    try:
-        job = executor.submit(SlurmTrainer(cfg))
-    except submitit.core.utils.FailedJobError as exn:
-        lines = [line for line in str(exn).splitlines() if line.strip()]
-        raise ConfigError(f"sbatch failed: {lines[-1] if lines else exn} (is SLURM reachable? "
-                          "check SLURM_CONF and that slurmctld runs)") from None
+def submit_run(executor, cfg):
+    """Submit the run's Trainer; its job id is recorded in its run dir (SLURM)."""
+    job = slurm.submit(executor, SlurmTrainer(cfg))
     if not isinstance(executor, submitit.LocalExecutor):
         record_job(cfg, job.job_id)
     return job
@@ -85,55 +65,19 @@ def sbatch_script(cfg) -> str:
     """The script `sbatch` would get; needs no SLURM on this machine."""
     from submitit.slurm.slurm import _make_sbatch_string  # what SlurmExecutor itself calls
     folder = submitit_folder(cfg)
-    command = f"{sys.executable} -u -m submitit.core._submit {folder}"
-    return _make_sbatch_string(command=command, folder=folder, **slurm_parameters(cfg))
+    # quoted as submitit quotes its own command: a space or "$(...)" in a path stays a path
+    command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
+    return _make_sbatch_string(command=command, folder=folder, **slurm.parameters(cfg))
 
 
 def live_job(cfg):
     """The id of a queued or running job that owns this run dir, if any."""
-    path = os.path.join(submitit_folder(cfg), JOB_ID_FILE)
-    if not os.path.exists(path) or shutil.which("squeue") is None:
+    path = job_id_path(path_of(cfg))
+    if not os.path.exists(path):
         return None
     job_id = read_text(path).strip()
-    out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True,
-                         text=True, timeout=30)
-    states = set(out.stdout.split()) if out.returncode == 0 else set()
-    return job_id if states & {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING",
-                               "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"} else None
+    return job_id if slurm.is_live(job_id) else None
 
 
 def record_job(cfg, job_id: str) -> None:
-    atomic_write(os.path.join(submitit_folder(cfg), JOB_ID_FILE), job_id)
-
-
-@cli
-def main(argv=None) -> int:
-    """python submitit_openclip.py <config> [key=value ...] [--dry-run | --local]"""
-    parser = argparse.ArgumentParser(
-        prog="submitit_openclip.py",
-        description="Train on SLURM through submitit; requeued and resumed on preemption")
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--dry-run", action="store_true", help="print the sbatch script only")
-    parser.add_argument("--local", action="store_true", help="submitit's local executor, no SLURM")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = checked_for_training(resolve(args.config, args.overrides))
-    live = None if args.dry_run else live_job(cfg)
-    if live:
-        raise ConfigError(f"run dir {path_of(cfg)} already has live job {live}: "
-                          f"wait for it, `scancel {live}`, or pick another name=")
-    if args.dry_run:
-        print(sbatch_script(cfg))
-        return 0
-    executor = make_executor(cfg, local=args.local)
-    os.makedirs(submitit_folder(cfg), exist_ok=True)
-    job = submit(executor, cfg)
-    print(f"submitted job {job.job_id} ({cfg.nodes} node(s) x {cfg.gpus_per_node} task(s)), "
-          f"run dir {path_of(cfg)}\n"
-          f"  log:    {job.paths.stdout}\n  errors: {job.paths.stderr}\n"
-          f"  follow: tail -f {job.paths.stdout}\n"
-          f"  cancel: {'scancel ' + job.job_id if not args.local else 'kill the local process'}")
-    if args.local:
-        job.results()  # the local executor's job dies with this process: wait for it
-        print(f"job {job.job_id} finished")
-    return 0
+    atomic_write(job_id_path(path_of(cfg)), job_id)

@@ -14,9 +14,9 @@ import time
 import torch
 
 from llip.io import atomic_write, read_text
-from llip.run_dir import metrics_path
+from llip.run_dir import metrics_path, wandb_dir, wandb_id_path
 from llip.training import dist
-from llip.training.throughput import describe
+from llip.training.throughput import progress_text
 
 log = logging.getLogger("llip.train")
 
@@ -104,7 +104,7 @@ class MetricsLogger:
             if metrics["skipped_shards"] or metrics["skipped_samples"] else ""
         print(f"step {step}/{self.total} ({100 * step / self.total:.0f}%) | loss "
               f"{metrics['loss']:.4f} | lr {metrics['lr']:.2e} | {samples_per_s:,.0f} samples/s"
-              f"{describe(metrics)} | ETA {_eta(eta_s)}{extra}", flush=True)
+              f"{progress_text(metrics)} | ETA {_eta(eta_s)}{extra}", flush=True)
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step" and v is not None},
                            step=step)
@@ -128,17 +128,17 @@ class MetricsLogger:
 
 
 def _start_wandb(run_dir: str, cfg):
-    wandb_dir = os.path.join(run_dir, "wandb")
-    os.makedirs(wandb_dir, exist_ok=True)
+    files = wandb_dir(run_dir)
+    os.makedirs(files, exist_ok=True)
     for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
-        os.environ.setdefault(var, wandb_dir)
-    id_file = os.path.join(run_dir, "wandb_id")
+        os.environ.setdefault(var, files)
+    id_file = wandb_id_path(run_dir)
     try:
         import wandb
         run_id = read_text(id_file).strip() if os.path.exists(id_file) else secrets.token_hex(4)
         atomic_write(id_file, run_id)
         return wandb.init(project=cfg.wandb_project, name=cfg.name, id=run_id, resume="allow",
-                          dir=wandb_dir, mode=cfg.wandb_mode, config=dataclasses.asdict(cfg),
+                          dir=files, mode=cfg.wandb_mode, config=dataclasses.asdict(cfg),
                           settings=wandb.Settings(init_timeout=60, silent=True))
     except Exception as exn:  # noqa: BLE001 - logging must never stop training
         log.warning("wandb disabled for this run (%s: %s)", type(exn).__name__, exn)

@@ -3,22 +3,16 @@ is resuming, then locked / adapted (llip.models.tuning). Every rank does the sam
 seed, so the ranks start identical."""
 import os
 
-import yaml
-
-from llip import run_dir as rd
-from llip.cli import ConfigError
+from llip.errors import ConfigError
+from llip.loading import init_from_weights
 from llip.models import build_model
-from llip.models.pretrained import init_from_weights
 from llip.models.tuning import apply_tuning
+from llip.run_dir import has_config, latest, read_config_dict
 
 
 def _saved_init_from(run_dir: str) -> str:
     """init_from as the run's config.yaml has it (read raw: an older config may not parse)."""
-    path = os.path.join(run_dir, rd.CONFIG)
-    if not os.path.exists(path):
-        return ""
-    with open(path, encoding="utf-8") as f:
-        return (yaml.safe_load(f) or {}).get("init_from", "")
+    return read_config_dict(run_dir).get("init_from", "") if has_config(run_dir) else ""
 
 
 def starting_weights(model, cfg, run_dir: str):
@@ -27,7 +21,7 @@ def starting_weights(model, cfg, run_dir: str):
     when init_from is new to it, since those weights would silently be ignored."""
     if not cfg.init_from:
         return None
-    found = rd.latest(run_dir)
+    found = latest(run_dir)
     if found is None:
         return init_from_weights(model, cfg)
     if _saved_init_from(run_dir) == cfg.init_from:

@@ -101,7 +101,7 @@ class Meter:
         return metrics, elapsed
 
 
-def describe(metrics: dict) -> str:
+def progress_text(metrics: dict) -> str:
     """The throughput part of the progress line ("" for rows without it)."""
     if "tflops_per_rank" not in metrics:
         return ""

@@ -7,12 +7,11 @@ sees the same batches and takes the same updates as a run that never stopped.
 """
 import math
 import os
-import subprocess
+import signal
 
 import torch
 
-from llip import run_dir as rd
-from llip.cli import ConfigError
+from llip import code_snapshot
 from llip.data import tokenizer_for, transform_for
 from llip.data.stream import (
     build_train_stream,
@@ -22,27 +21,22 @@ from llip.data.stream import (
     stream_seed,
     with_dataset_size,
 )
+from llip.errors import ConfigError, UserError
+from llip.loading import check_init_from
 from llip.losses import contrastive_loss
-from llip.models.pretrained import check_init_from
+from llip.run_dir import path_of, write_config
 from llip.training import checkpoint, dist, divergence
 from llip.training.accumulate import accumulate_gradients
 from llip.training.claim import claim_run_dir
-from llip.training.evaluate import Evaluator, eval_entries
+from llip.training.evaluate import TrainingEvals, eval_entries
 from llip.training.metrics import MetricsLogger, Window
 from llip.training.model_setup import build_for_training
 from llip.training.optim import build_optimizer, lr_at
 from llip.training.parallel import autocast_for, parallelize
+from llip.training.stop import StopRequest
 from llip.training.throughput import Meter, step_flops
 
 MAX_LOGIT_SCALE = math.log(100)
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(__file__), timeout=5).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
 
 
 def _scalar(param) -> float:
@@ -80,7 +74,7 @@ def check_shards_once(cfg, world) -> None:
     if world.is_main:
         try:
             check_shards(expand_sources(cfg.train_data))
-        except ConfigError as exn:
+        except UserError as exn:
             error = exn
     failed = dist.all_reduce_sum(torch.tensor([float(error is not None)], device=world.device))
     if error is not None:
@@ -104,7 +98,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def train(self, world) -> str:
-        cfg, run_dir = self.cfg, rd.path_of(self.cfg)
+        cfg, run_dir = self.cfg, path_of(self.cfg)
         local_batch = local_batch_size(cfg, world.size)  # before anything is written
         check_shards_once(cfg, world)
         flops = step_flops(cfg, local_batch, world.size) if world.is_main else 0
@@ -121,8 +115,9 @@ class Trainer:
                 self._write_run_files(run_dir, start, world.size)
             logger = MetricsLogger(run_dir, cfg, start, enabled=world.is_main)
             try:
-                with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver:
-                    self._loop(model, optimizer, world, start, logger, saver,
+                with checkpoint.Checkpointer(run_dir, cfg, world.is_main) as saver, \
+                        StopRequest(world.size) as stop:
+                    self._loop(model, optimizer, world, start, logger, saver, stop,
                                Meter(cfg, world, flops))
             finally:
                 logger.close()
@@ -133,7 +128,7 @@ class Trainer:
 
     def _write_run_files(self, run_dir: str, start: int, world_size: int) -> None:
         os.makedirs(run_dir, exist_ok=True)
-        rd.write_config(run_dir, self.cfg, git_commit=_git_commit())
+        write_config(run_dir, self.cfg, git_commit=code_snapshot.commit())
         state = "new run" if not start else "already complete: nothing to do" \
             if start == self.cfg.total_steps else f"resuming at step {start}"
         print(f"run dir {run_dir} ({state}), "
@@ -149,17 +144,22 @@ class Trainer:
         return iter(loader)
 
     # ------------------------------------------------------------------ loop
-    def _loop(self, model, optimizer, world, start, logger, saver, meter) -> None:
+    def _loop(self, model, optimizer, world, start, logger, saver, stop, meter) -> None:
         cfg = self.cfg
         autocast = autocast_for(cfg, world)
         batches = self._stream(world, start)
         # Sums kept on the device and read only at log steps: no step waits for the host.
         window = Window(world.device, mean=("loss",),
                         total=("skipped_shards", "skipped_samples", "data_checksum"))
-        evaluator = Evaluator(cfg, world)
+        evaluator = TrainingEvals(cfg, world)
         last_saved = start
         for step in range(start, cfg.total_steps):
-            images, tokens, counts = meter.next_batch(batches)
+            try:
+                images, tokens, counts = meter.next_batch(batches)
+            except RuntimeError:  # the signal reached the data workers too, and they left
+                if not stop.signum:
+                    raise
+                _stop(stop.signum, step, saver)
             images, tokens = images.to(world.device, non_blocking=True), tokens.to(world.device)
             lr = lr_at(step, cfg)
             loss = train_step(model, optimizer, cfg, images, tokens, lr, autocast, world)
@@ -189,6 +189,18 @@ class Trainer:
                 saver.save(done, model, optimizer,
                            {"step": done, "samples_seen": done * cfg.batch_size})
                 last_saved = done
+            signum = stop.requested()
+            if signum and done < cfg.total_steps:
+                _stop(signum, done, saver)
+
+
+def _stop(signum: int, done: int, saver) -> None:
+    """A stop signal: the checkpoint in flight completes, then the exit status a default
+    action would give, so that launchers and schedulers see the signal."""
+    print(f"{signal.Signals(signum).name} received: stopping after step {done}, once the "
+          "checkpoint in flight is complete", flush=True)
+    saver.wait()
+    raise SystemExit(128 + signum)
 
 
 def train_step(model, optimizer, cfg, images, tokens, lr, autocast, world) -> torch.Tensor:

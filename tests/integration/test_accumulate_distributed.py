@@ -9,11 +9,12 @@ import os
 import torch
 import torch.distributed as dist
 
-from conftest import run_cli, run_ranks
-from llip import run_dir as rd
+from helpers import run_cli, run_ranks
+from llip.loading import load_model
 from llip.losses import contrastive_loss
 from llip.models import build_model, transformer_blocks
 from llip.run_configs import resolve
+from llip.run_dir import checkpoints_dir, complete_checkpoints, metrics_path
 from llip.training.accumulate import accumulate_gradients
 
 WORLD, BATCH, VOCAB = 2, 8, 512
@@ -79,10 +80,10 @@ def test_torchrun_two_ranks_accumulate_and_save_asynchronously(digits, tmp_path)
                      env={"TMPDIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = str(tmp_path / "run")
-    assert [os.path.basename(c) for c in rd.complete_checkpoints(run_dir)] == [
+    assert [os.path.basename(c) for c in complete_checkpoints(run_dir)] == [
         "step_00000002", "step_00000004"]
-    assert not [d for d in os.listdir(rd.checkpoints_dir(run_dir)) if d.endswith(".tmp")]
-    rows = [json.loads(line) for line in open(rd.metrics_path(run_dir))]
+    assert not [d for d in os.listdir(checkpoints_dir(run_dir)) if d.endswith(".tmp")]
+    rows = [json.loads(line) for line in open(metrics_path(run_dir))]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all(r["samples_per_s_per_rank"] * 2 == r["samples_per_s"] for r in rows)
-    assert rd.load_model(run_dir)[2] == 4  # the 2-rank checkpoint loads in one process
+    assert load_model(run_dir)[2] == 4  # the 2-rank checkpoint loads in one process

@@ -10,10 +10,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from conftest import run_cli
-from llip.cli import ConfigError
+from helpers import run_cli
 from llip.data.convert import convert, read_csv, read_folder, read_json
 from llip.data.stream import SkipCounter, decode_samples, expand_sources, with_dataset_size
+from llip.errors import ConfigError
 from llip.run_configs import resolve
 
 CAPTIONS = ["a red square", "ein rotes Quadrat ü", "un carré rouge é", "赤い四角", "a blue dot"]
@@ -171,9 +171,9 @@ def test_source_mixing_matches_weights(tmp_path):
 
 
 def test_attribute_benchmark_generator_writes_shards_and_a_valid_catalog(tmp_path):
-    from evals.catalog import load_catalogs
-    from evals.datasets import classification_batches
-    from llip.data.attributes import build
+    from llip.data.synthetic.attributes import build
+    from llip.evaluation.catalog import load_catalogs
+    from llip.evaluation.datasets import classification_batches
     specs = build(str(tmp_path), n_train=40, n_test=30)
     catalog = load_catalogs([specs["catalog"]])
     assert sorted(catalog) == ["color", "position", "shape"]

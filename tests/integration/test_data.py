@@ -1,6 +1,8 @@
 """WebDataset streaming on real tar shards: corruption is skipped and counted, URLs through
 fsspec/pipe work, and the stream is a deterministic function of (seed, rank, worker, step)."""
+import collections
 import io
+import itertools
 import random
 
 import pytest
@@ -8,17 +10,19 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from llip.cli import ConfigError
 from llip.data import tokenizer_for, transform_for
-from llip.data.health import DataError
 from llip.data.stream import (
     ShardStream,
     SkipCounter,
+    _partitioned_shards,
+    _resampled_shards,
     build_train_stream,
     check_shards,
     decode_samples,
     expand_sources,
+    stream_seed,
 )
+from llip.errors import ConfigError, DataError
 from llip.run_configs import resolve
 
 
@@ -141,3 +145,71 @@ def test_partitioned_shards_without_resampling_cover_each_sample_once_per_pass(t
         next(iter(ShardStream([urls], [1.0], lambda image: torch.zeros(1), list, batch_size=4,
                               shuffle_buffer=0, seed=3, rank=0, world_size=16, start_step=0,
                               resampled=False)))
+
+
+def _zeros(image):
+    return torch.zeros(1)
+
+
+def _rank_captions(urls, rank, start_step, batches, per_shard=3):
+    """The captions of a partitioned stream's first `batches` batches on `rank` of 4 (2 workers
+    each, through a real DataLoader, which takes the workers' batches in turn)."""
+    stream = ShardStream([urls], [1.0], _zeros, list, batch_size=2, shuffle_buffer=0, seed=5,
+                         rank=rank, world_size=4, start_step=start_step, resampled=False,
+                         pass_samples=len(urls) * per_shard)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+    return [b[1] for _, b in zip(range(batches), loader)]
+
+
+def test_partitioned_readers_are_disjoint_and_a_restarted_stream_continues_it(tmp_path):
+    """dataset_resampled=false, a big job in miniature (4 ranks x 2 workers, 27 shards of 3
+    samples, so 3 shards per reader per pass and 3 left over): within a pass the 8 readers see
+    disjoint samples, and the left-over shards differ between passes. A stream restarted at a
+    checkpoint (step 4: mid-shard; step 10: in the second pass) yields exactly the batches of the
+    uninterrupted stream from that step: positioned, no consumed sample read again."""
+    urls = [_write(tmp_path / f"s{s:02d}.tar", [f"s{s:02d}k{i}" for i in range(3)])
+            for s in range(27)]
+    passes = [[], []]
+    for rank in range(4):
+        straight = _rank_captions(urls, rank, 0, 18)  # 9 batches of 2 per worker: 2 passes
+        for step in (4, 10):
+            assert _rank_captions(urls, rank, step, 18 - step) == straight[step:]
+        for worker in range(2):
+            samples = [c for batch in straight[worker::2] for c in batch]
+            passes[0] += samples[:9]
+            passes[1] += samples[9:]
+    for seen in passes:
+        assert len(seen) == len(set(seen)) == 8 * 9
+    left_over = [{u[-7:-4] for u in urls} - {c[:3] for c in seen} for seen in passes]
+    assert all(len(shards) == 3 for shards in left_over) and left_over[0] != left_over[1]
+
+
+def test_partitioned_position_is_computed_not_read_through():
+    """2,500 shards over 256 readers: one pass deals disjoint slices of 9 shards; a reader
+    resumed 1,234 samples in (10 per shard) starts at its 124th shard (the 2nd pass), skipping
+    its first 4 samples, without drawing the 123 before it."""
+    n, readers = 2_500, 256
+    sources = [[f"/data/{i:06d}.tar" for i in range(n)]]
+    first_pass = [d["url"] for r in range(readers)
+                  for d in itertools.islice(_partitioned_shards(sources, 0, r, readers), 9)]
+    assert len(set(first_pass)) == len(first_pass) == 9 * readers
+    straight = next(itertools.islice(_partitioned_shards(sources, 0, 7, readers), 123, None))
+    resumed = _partitioned_shards(sources, 0, 7, readers, start=1234, pass_samples=10 * n)
+    assert next(resumed) == {**straight, "skip": 4}
+    assert "skip" not in next(resumed)
+
+
+def test_weighted_mix_of_three_sources_is_realised_within_one_point():
+    """Resampled shards, 3 sources weighted 0.5 / 0.3 / 0.2 and 64 ranks x 4 workers drawing
+    100 shards each with the stream's own seeds: every source's share of the draws is within 1
+    percentage point of its weight (shards of equal size: the same share of samples)."""
+    sources = [[f"/data/{name}/{i:05d}.tar" for i in range(1000)] for name in "abc"]
+    weights = [0.5, 0.3, 0.2]
+    drawn = collections.Counter()
+    for rank, worker in itertools.product(range(64), range(4)):
+        rng = random.Random(stream_seed(0, rank, worker, 0))
+        for shard in itertools.islice(_resampled_shards(sources, weights, rng), 100):
+            assert shard["url"] in sources[shard["source"]]
+            drawn[shard["source"]] += 1
+    total = sum(drawn.values())
+    assert all(abs(drawn[s] / total - w) < 0.01 for s, w in enumerate(weights)), drawn

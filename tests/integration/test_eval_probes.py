@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import run_cli, write_catalog
-from evals.probe import LAMBDAS
+from helpers import run_cli, write_catalog
+from llip.evaluation.probe import LAMBDAS
 from llip.io import read_json
 
 
@@ -34,9 +34,9 @@ def test_probes_on_the_digits_through_a_sweep_with_a_group(trained_clip, digits,
 
 
 def test_imagenet_prompts_agree_with_open_clip():
-    import open_clip.zero_shot_metadata as oc
+    from open_clip import zero_shot_metadata
 
-    from evals.catalog import DEFAULT_CATALOG, load_catalogs
+    from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs
     imagenet = load_catalogs([DEFAULT_CATALOG])["imagenet1k"]
-    assert imagenet["classnames"] == list(oc.IMAGENET_CLASSNAMES)
-    assert imagenet["templates"] == [t("{c}") for t in oc.OPENAI_IMAGENET_TEMPLATES]
+    assert imagenet["classnames"] == list(zero_shot_metadata.IMAGENET_CLASSNAMES)
+    assert imagenet["templates"] == [t("{c}") for t in zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES]

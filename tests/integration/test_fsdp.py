@@ -7,10 +7,11 @@ import os
 import torch
 import torch.distributed as dist
 
-from conftest import run_ranks
-from llip import run_dir as rd
+from helpers import run_ranks
+from llip.loading import load_model
 from llip.models import build_model
 from llip.run_configs import resolve
+from llip.run_dir import latest
 from llip.training import checkpoint
 from llip.training.dist import World
 from llip.training.optim import build_optimizer
@@ -76,7 +77,7 @@ def test_fsdp2_two_ranks_match_one_process_and_checkpoint_reshards(tmp_path):
         assert abs(a - b) < TOLERANCE, (sharded_losses, ref_losses)
 
     # The checkpoint written by 2 sharded ranks loads into one plain process.
-    model, _, step = rd.load_model(rd.latest(str(tmp_path)))
+    model, _, step = load_model(latest(str(tmp_path)))
     assert step == STEPS
     for name, value in model.state_dict().items():
         torch.testing.assert_close(value, ref_state[name], atol=1e-4, rtol=0, msg=name)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from conftest import run_ranks
+from helpers import run_ranks
 from llip.losses import contrastive_loss
 from llip.models.llip import LlipHead
 from llip.run_configs import resolve

@@ -7,11 +7,11 @@ import pandas as pd
 import torch
 import yaml
 
-from conftest import run_cli, write_catalog
+from helpers import run_cli, write_catalog
 from llip.config import to_dict
+from llip.loading import load_model
 from llip.models import build_model
 from llip.run_configs import get_config
-from llip.run_dir import load_model
 
 
 def _export(model, cfg, path):

@@ -9,13 +9,13 @@ import torch
 import webdataset as wds
 import yaml
 
-from conftest import run_cli
-from evals.multilabel import mean_average_precision
+from helpers import run_cli
 from llip.data import IMAGE_KEYS, tokenizer_for, transform_for
-from llip.data.scenes import CLASSNAMES, build
 from llip.data.stream import expand_sources
+from llip.data.synthetic.scenes import CLASSNAMES, build
+from llip.evaluation.multilabel import mean_average_precision
 from llip.io import read_json, read_text
-from llip.run_dir import load_model
+from llip.loading import load_model
 
 
 @pytest.fixture(scope="module")

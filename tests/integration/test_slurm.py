@@ -1,55 +1,20 @@
-"""The SLURM path on a real two-node SLURM cluster started by the tests on this machine.
+"""The SLURM path on a real two-node SLURM cluster started by the tests on this machine (a
+preempted job that requeues and resumes each step once is tested on a sweep's point, in
+test_sweep_slurm.py).
 
 Bounded waits everywhere: without an accounting daemon a job that dies early would leave
 submitit's `result()` waiting forever, so the tests poll squeue and files with deadlines.
 """
 import json
 import os
-import shutil
 import subprocess
 import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from helpers import queued, run_cli, wait_for
 from llip.io import read_text
-from llip.run_dir import load_model
-
-
-@pytest.fixture(scope="module")
-def slurm(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip("the local SLURM cluster needs root (apt-get, munge, slurmd)")
-    if shutil.which("slurmctld") is None and shutil.which("apt-get") is None:
-        pytest.skip("no slurmctld and no apt-get to install it")
-    state = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(["bash", "launch/local_slurm.sh", "start", str(state)], cwd=REPO,
-                             capture_output=True, text=True, timeout=900)
-    if started.returncode != 0:
-        pytest.skip(f"local SLURM did not start: {started.stderr.strip()[-300:]}")
-    os.environ["SLURM_CONF"] = str(state / "slurm.conf")
-    yield state
-    subprocess.run(["bash", "launch/local_slurm.sh", "stop", str(state)], cwd=REPO, timeout=60)
-    os.environ.pop("SLURM_CONF", None)
-
-
-def _wait(condition, timeout: float, what: str, logs_dir=None):
-    deadline = time.time() + timeout
-    while not condition():
-        if time.time() > deadline:
-            detail = ""
-            if logs_dir and os.path.isdir(logs_dir):
-                for name in sorted(os.listdir(logs_dir)):
-                    if name.endswith((".out", ".err")):
-                        text = read_text(os.path.join(logs_dir, name))
-                        detail += f"\n--- {name}\n{text[-1500:]}"
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        time.sleep(1)
-
-
-def _queued(job_id: str) -> bool:
-    out = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True)
-    return out.returncode == 0 and bool(out.stdout.strip())
+from llip.loading import load_model
 
 
 def _submit(digits, logs, *overrides):
@@ -72,7 +37,7 @@ def test_multi_process_training_on_slurm(slurm, digits, tmp_path, nodes, tasks):
                      f"train_num_samples={16 * steps}", "checkpoint_every=6", "log_every=2")
     run_dir = tmp_path / "llip_tiny"
     folder = run_dir / "submitit"
-    _wait(lambda: not _queued(job_id), 300, f"job {job_id} to finish", folder)
+    wait_for(lambda: not queued(job_id), 300, f"job {job_id} to finish", folder)
     rank0 = read_text(folder / f"{job_id}_0_log.out")
     assert "on 2 process(es)" in rank0
     for task in range(2):  # both ranks ran the job to the end
@@ -83,34 +48,10 @@ def test_multi_process_training_on_slurm(slurm, digits, tmp_path, nodes, tasks):
     assert step == steps and cfg.nodes == nodes
 
 
-def test_preempted_job_requeues_and_resumes_each_step_once(slurm, digits, tmp_path):
-    import submitit
-    steps = 60
-    overrides = [f"train_num_samples={16 * steps}", "checkpoint_every=10", "log_every=1",
-                 "slurm_timeout_min=15"]
-    job_id = _submit(digits, tmp_path, *overrides)
-    run_dir = tmp_path / "llip_tiny"
-    folder = run_dir / "submitit"
-    first = run_dir / "checkpoints" / "step_00000010" / "COMPLETE"
-    _wait(first.exists, 240, "the first checkpoint", folder)
-
-    again = run_cli("submitit_openclip.py", "llip_tiny", f"train_data={digits['train']}",
-                    f"logs={tmp_path}", *overrides)
-    assert again.returncode == 2 and f"already has live job {job_id}" in again.stderr
-
-    submitit.SlurmJob(folder=folder, job_id=job_id)._interrupt()  # preemption: TERM + USR2
-    final = run_dir / "checkpoints" / f"step_{steps:08d}" / "COMPLETE"
-    _wait(lambda: final.exists() and not _queued(job_id), 400, "the requeued job to finish",
-          folder)
-    log = read_text(folder / f"{job_id}_0_log.out") + read_text(folder / f"{job_id}_0_log.err")
-    assert "resumed from" in log, log[-3000:]
-    assert _steps(run_dir) == list(range(1, steps + 1))  # every step exactly once
-
-
 def test_eval_sweep_runs_as_a_slurm_job_array(slurm, trained_clip, digits, tmp_path):
     import yaml
 
-    from conftest import write_catalog
+    from helpers import write_catalog
     sweep = {"checkpoints": [{"path": trained_clip, "all": True}],
              "catalogs": [write_catalog(tmp_path / "catalog.json", digits)],
              "datasets": ["digits", "digits_retrieval"], "batch_size": 128, "workers": 0,
@@ -132,8 +73,9 @@ def test_a_lock_held_by_a_slurm_job_elsewhere_is_kept_while_queued_then_taken_ov
                                                                                    tmp_path):
     """A holder on another host is judged by squeue: kept while its job is queued or running,
     taken over once SLURM no longer lists it (or never knew the id)."""
-    from llip.cli import ConfigError
-    from llip.run_guard import LOCK, RunLock
+    from llip.errors import ConfigError
+    from llip.run_dir import LOCK
+    from llip.training.claim import RunLock
     out = subprocess.run(["sbatch", "--parsable", "--wrap", "sleep 300",
                           f"--output={tmp_path}/sleep.out"], capture_output=True, text=True,
                          timeout=60)
@@ -150,7 +92,7 @@ def test_a_lock_held_by_a_slurm_job_elsewhere_is_kept_while_queued_then_taken_ov
             RunLock(str(run_dir)).acquire()
     finally:
         subprocess.run(["scancel", job], timeout=60)
-    _wait(lambda: not _queued(job), 120, f"job {job} to leave the queue")
+    wait_for(lambda: not queued(job), 120, f"job {job} to leave the queue")
     lock = RunLock(str(run_dir)).acquire()  # the job is gone: taken over
     assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
     lock.release()

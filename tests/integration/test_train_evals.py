@@ -4,12 +4,12 @@ keeps the checkpoints a learning curve needs while keep_last prunes the rest."""
 import json
 import os
 
-from conftest import run_cli, write_catalog
 from evals import checkpoints
-from evals.catalog import load_catalogs
 from evals.runner import run_task
-from llip import run_dir as rd
+from helpers import run_cli, write_catalog
+from llip.evaluation.catalog import load_catalogs
 from llip.io import read_text
+from llip.run_dir import checkpoint_dir, complete_checkpoints, metrics_path, step_of
 
 
 def test_evals_in_two_rank_training_equal_the_sweep_and_keep_every_keeps(digits, tmp_path):
@@ -22,9 +22,9 @@ def test_evals_in_two_rank_training_equal_the_sweep_and_keep_every_keeps(digits,
                      env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     run_dir = str(tmp_path / "llip_tiny")
-    assert [rd.step_of(c) for c in rd.complete_checkpoints(run_dir)] == [4, 6]
+    assert [step_of(c) for c in complete_checkpoints(run_dir)] == [4, 6]
 
-    rows = [json.loads(line) for line in read_text(rd.metrics_path(run_dir)).splitlines()]
+    rows = [json.loads(line) for line in read_text(metrics_path(run_dir)).splitlines()]
     evals = {r["step"]: r for r in rows if "eval/digits/acc1" in r}
     assert list(evals) == [3, 6]
     assert evals[6]["eval/digits/n"] == evals[6]["eval/digits_retrieval/n"] == 360
@@ -33,7 +33,7 @@ def test_evals_in_two_rank_training_equal_the_sweep_and_keep_every_keeps(digits,
     # The same checkpoint scored by one process (the sweep's runner, the images unsplit):
     # the 2 ranks' shares, merged, give the same numbers.
     entries = load_catalogs([catalog])
-    ckpt = checkpoints.describe(rd.checkpoint_dir(run_dir, 6))
+    ckpt = checkpoints.checkpoint_of(checkpoint_dir(run_dir, 6))
     for name in ("digits", "digits_retrieval"):
         task = {"checkpoint": ckpt, "dataset": entries[name], "taus": [None], "batch_size": 64,
                 "workers": 0, "output": str(tmp_path / f"{name}.json")}

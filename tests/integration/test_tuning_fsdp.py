@@ -9,11 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from conftest import run_ranks
-from llip import run_dir as rd
+from helpers import run_ranks
+from llip.loading import load_model
 from llip.models import build_model
 from llip.models.tuning import apply_tuning
 from llip.run_configs import resolve
+from llip.run_dir import latest
 from llip.training import checkpoint
 
 WORLD, STEPS, GLOBAL_BATCH, SAVE_AT = 2, 3, 8, 2
@@ -70,7 +71,7 @@ def _worker(rank, port, run_dir, queue):
     torch.manual_seed(123)  # a different fresh model: the checkpoint must restore everything
     resumed = parallelize(build_for_training(cfg, run_dir, False), cfg, world)
     resumed_optimizer = build_optimizer(resumed, cfg)
-    assert checkpoint.load(rd.latest(run_dir), resumed, resumed_optimizer)["step"] == 2
+    assert checkpoint.load(latest(run_dir), resumed, resumed_optimizer)["step"] == 2
     for batch in batches[SAVE_AT:]:
         step(resumed, resumed_optimizer, batch)
     again = _full(resumed)
@@ -99,12 +100,12 @@ def test_fsdp2_with_frozen_parts_and_lora_trains_and_resumes_exactly(tmp_path):
     assert results[0]["checksum"] == results[1]["checksum"]
 
     # Inference loading: the DCP checkpoint of 2 sharded ranks, LoRA folded into the weights.
-    model, cfg, step = rd.load_model(str(run_dir))
+    model, cfg, step = load_model(str(run_dir))
     assert step == SAVE_AT and not any("lora_" in n for n in model.state_dict())
     adapted = build_model(cfg)
     apply_tuning(adapted, cfg)
     state = {"model": adapted.state_dict()}
-    dcp.load(state, checkpoint_id=rd.latest(str(run_dir)))
+    dcp.load(state, checkpoint_id=latest(str(run_dir)))
     images, tokens = next(_batches())
     with torch.no_grad():
         torch.testing.assert_close(model.logits(*model(images, tokens)),

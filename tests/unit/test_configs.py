@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.models import build_model
 from llip.run_configs import get_config, resolve
 from llip.run_configs.registry import REGISTRY
@@ -42,6 +42,9 @@ def test_overrides_are_typed():
         resolve("llip_tiny", ["quick_gelu=maybe"])
     with pytest.raises(ConfigError, match="train_data_weights has 1 entries but train_data has 2"):
         resolve("llip_tiny", ["train_data=a.tar::b.tar", "train_data_weights=1"])
+    with pytest.raises(ConfigError, match="train_data_weights needs dataset_resampled=true"):
+        resolve("llip_tiny", ["train_data=a.tar::b.tar", "train_data_weights=1::2",
+                              "dataset_resampled=false"])
 
 
 def test_eval_and_keep_every_fields_are_validated():
@@ -53,3 +56,20 @@ def test_eval_and_keep_every_fields_are_validated():
     for bad in ("eval_every=-1", "keep_every=-2"):
         with pytest.raises(ConfigError, match="must be >= 0"):
             resolve("llip_tiny", [bad])
+
+
+def test_help_names_the_command_typed_and_lists_every_field(capsys, monkeypatch):
+    import dataclasses
+
+    from llip.config import RunConfig
+    from llip.main import main
+    monkeypatch.setattr("sys.argv", ["/venv/bin/llip-train", "--help"])
+    with pytest.raises(SystemExit) as exit_code:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_code.value.code == 0 and out.startswith("usage: llip-train ")
+    assert "python -m llip.main" not in out and "llip-train CONFIG --print" in out
+    lines = out.splitlines()
+    for field in dataclasses.fields(RunConfig):  # name, type and default of every field
+        assert any(line.split()[:2] == [field.name, field.type] and
+                   line.rstrip().endswith(repr(field.default)) for line in lines), field.name

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from evals.catalog import validate_entry
-from evals.probe import LAMBDAS, fit_logistic, knn, linear_probe, select_lambda
-from llip.cli import ConfigError
+from llip.errors import ConfigError
+from llip.evaluation.catalog import validate_entry
+from llip.evaluation.probe import LAMBDAS, fit_logistic, knn, linear_probe, select_lambda
 
 
 def _blobs(n, d, seed, n_classes=3):

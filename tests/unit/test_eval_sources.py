@@ -8,11 +8,17 @@ import os
 import pandas as pd
 import pytest
 
-from evals import prompts
 from evals.aggregate import aggregate, tables
-from evals.catalog import DEFAULT_CATALOG, expand_names, load_catalogs, load_groups, validate_entry
-from evals.results import checkpoint_id
-from llip.cli import ConfigError
+from llip.errors import ConfigError
+from llip.evaluation import prompts
+from llip.evaluation.catalog import (
+    DEFAULT_CATALOG,
+    expand_names,
+    load_catalogs,
+    load_groups,
+    validate_entry,
+)
+from llip.evaluation.results import checkpoint_id
 
 
 def test_metadata_is_a_verbatim_copy_of_clip_benchmarks_package_data():
@@ -135,3 +141,49 @@ def test_clip_benchmark_results_join_our_tables(tmp_path):
     with pytest.raises(ConfigError, match="do not exist"):
         aggregate(str(out), external=[str(tmp_path / "nowhere")])
     assert os.path.exists(out / "results_vs_step.png")
+
+
+def test_one_metric_per_column_and_the_same_table_when_aggregated_again(tmp_path, capsys):
+    """A CLIP_benchmark retrieval result (recall@5 only, its default --recall_k) beside ours
+    (the catalog's recall@10): never in one column; every column names its metric; the table
+    the sweep wrote is the table a plain re-aggregation writes (the sweep's catalogs and
+    groups recorded beside the results)."""
+    from evals.aggregate import main as aggregate_main
+    from llip.evaluation.results import record_catalogs
+    catalog = tmp_path / "catalog.json"
+    entry = {"task": "retrieval", "format": "json", "path": "x.json",
+             "metric": "image_retrieval_recall@10"}
+    catalog.write_text(json.dumps({
+        "mscoco": entry, "flickr": entry, "_groups": {"both": ["mscoco", "flickr"]}}))
+    out = tmp_path / "evals"
+    (out / "results").mkdir(parents=True)
+    for i, dataset in enumerate(("mscoco", "flickr")):
+        ours = _result("clip_demo", 110, dataset, 0.3 + i / 10, task="retrieval",
+                       metric="image_retrieval_recall@10")
+        (out / "results" / f"{dataset}.json").write_text(json.dumps(ours))
+    (out / "external").mkdir()
+    cb = {**CB_RESULTS[2], "dataset": "mscoco"}  # as clip_benchmark/cli.py dumps it
+    (out / "external" / "mscoco_retrieval.json").write_text(json.dumps(cb))
+
+    record_catalogs(str(out), [str(catalog)])  # what evals.main_mc does before aggregating
+    wide = aggregate(str(out), groups=load_groups([str(catalog)]),
+                     catalog=load_catalogs([str(catalog)]))
+    said = capsys.readouterr().out
+    first = (out / "results_wide.csv").read_text(), (out / "results_wide.md").read_text()
+    assert list(wide.columns) == ["model", "step", "eval_tau", "flickr", "mscoco",
+                                  "mscoco [image_retrieval_recall@5]", "average",
+                                  "average_both"]
+    rows = wide.set_index("model")
+    assert pd.isna(rows.loc["ViT-B-32 laion2b_s34b_b79k", "mscoco"])  # not its recall@5
+    assert rows.loc["ViT-B-32 laion2b_s34b_b79k", "mscoco [image_retrieval_recall@5]"] == 0.65
+    assert rows.loc["clip_demo", "mscoco"] == 0.3
+    assert rows.loc["clip_demo", "average_both"] == pytest.approx(0.35)
+    assert "columns (one metric each): flickr = image_retrieval_recall@10, mscoco = " \
+           "image_retrieval_recall@10, mscoco [image_retrieval_recall@5] = " \
+           "image_retrieval_recall@5" in first[1]
+    assert "note: mscoco: some rows have image_retrieval_recall@5, not the column's " \
+           "image_retrieval_recall@10" in said
+
+    assert aggregate_main([str(out)]) == 0  # no --catalog: the sweep's, recorded
+    assert ((out / "results_wide.csv").read_text(), (out / "results_wide.md").read_text()) \
+        == first

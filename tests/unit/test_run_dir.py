@@ -5,19 +5,32 @@ import os
 import pytest
 import torch
 
-from llip import run_dir as rd
-from llip.cli import ConfigError
+from llip.errors import CheckpointError
 from llip.io import atomic_path, atomic_write, read_text
+from llip.loading import load_model, save_export
 from llip.models import build_model
 from llip.run_configs import resolve
+from llip.run_dir import (
+    checkpoint_dir,
+    checkpoints_dir,
+    clean_partial,
+    complete_checkpoints,
+    latest,
+    prune,
+    read_config,
+    resolve_checkpoint,
+    step_of,
+    write_config,
+    write_marker,
+)
 from llip.training.metrics import Window
 
 
 def _fake_checkpoint(run_dir, step, complete=True, suffix=""):
-    path = rd.checkpoint_dir(str(run_dir), step) + suffix
+    path = checkpoint_dir(str(run_dir), step) + suffix
     os.makedirs(path)
     if complete:
-        rd.write_marker(path, {"step": step})
+        write_marker(path, {"step": step})
     return path
 
 
@@ -26,35 +39,35 @@ def test_only_complete_step_dirs_count_and_latest_is_newest(tmp_path):
         _fake_checkpoint(tmp_path, step)
     _fake_checkpoint(tmp_path, 40, complete=False)  # DCP files written, marker missing
     _fake_checkpoint(tmp_path, 50, suffix=".tmp")  # a save that crashed
-    os.makedirs(os.path.join(rd.checkpoints_dir(str(tmp_path)), "notes"))
-    done = rd.complete_checkpoints(str(tmp_path))
+    os.makedirs(os.path.join(checkpoints_dir(str(tmp_path)), "notes"))
+    done = complete_checkpoints(str(tmp_path))
     assert [os.path.basename(d) for d in done] == ["step_00000010", "step_00000020",
                                                   "step_00000030"]
-    assert rd.latest(str(tmp_path)) == done[-1] and rd.step_of(done[-1]) == 30
-    assert rd.resolve_checkpoint(str(tmp_path)) == done[-1]
-    assert rd.resolve_checkpoint(done[0]) == done[0]
-    rd.clean_partial(str(tmp_path))
-    assert not os.path.exists(rd.checkpoint_dir(str(tmp_path), 50) + ".tmp")
-    rd.prune(str(tmp_path), keep_last=2)
-    assert [rd.step_of(d) for d in rd.complete_checkpoints(str(tmp_path))] == [20, 30]
+    assert latest(str(tmp_path)) == done[-1] and step_of(done[-1]) == 30
+    assert resolve_checkpoint(str(tmp_path)) == done[-1]
+    assert resolve_checkpoint(done[0]) == done[0]
+    clean_partial(str(tmp_path))
+    assert not os.path.exists(checkpoint_dir(str(tmp_path), 50) + ".tmp")
+    prune(str(tmp_path), keep_last=2)
+    assert [step_of(d) for d in complete_checkpoints(str(tmp_path))] == [20, 30]
 
 
-def test_no_checkpoint_is_a_config_error(tmp_path):
-    assert rd.latest(str(tmp_path)) is None
-    with pytest.raises(ConfigError, match="no complete checkpoint"):
-        rd.resolve_checkpoint(str(tmp_path))
-    with pytest.raises(ConfigError, match="does not exist"):
-        rd.load_model(str(tmp_path / "nowhere"))
+def test_no_checkpoint_is_a_checkpoint_error(tmp_path):
+    assert latest(str(tmp_path)) is None
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        resolve_checkpoint(str(tmp_path))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(str(tmp_path / "nowhere"))
 
 
 def test_config_round_trip_and_export_load(tmp_path):
     cfg = resolve("clip_tiny", ["name=exp"])
-    rd.write_config(str(tmp_path), cfg, git_commit="abc")
-    assert rd.read_config(str(tmp_path)) == cfg
+    write_config(str(tmp_path), cfg, git_commit="abc")
+    assert read_config(str(tmp_path)) == cfg
     torch.manual_seed(0)
     model = build_model(cfg)
-    path = rd.save_export(str(tmp_path / "m.pt"), model, cfg, 7)
-    loaded, loaded_cfg, step = rd.load_model(path)
+    path = save_export(str(tmp_path / "m.pt"), model, cfg, 7)
+    loaded, loaded_cfg, step = load_model(path)
     assert step == 7 and loaded_cfg == cfg and not loaded.training
     for name, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], value, atol=0, rtol=0)
@@ -83,7 +96,7 @@ def test_metric_window_means_and_totals():
 def test_keep_every_survives_pruning(tmp_path):
     for step in (10, 20, 30, 40, 50, 60):
         _fake_checkpoint(tmp_path, step)
-    rd.prune(str(tmp_path), keep_last=2, keep_every=20)
-    assert [rd.step_of(d) for d in rd.complete_checkpoints(str(tmp_path))] == [20, 40, 50, 60]
-    rd.prune(str(tmp_path), keep_last=1)
-    assert [rd.step_of(d) for d in rd.complete_checkpoints(str(tmp_path))] == [60]
+    prune(str(tmp_path), keep_last=2, keep_every=20)
+    assert [step_of(d) for d in complete_checkpoints(str(tmp_path))] == [20, 40, 50, 60]
+    prune(str(tmp_path), keep_last=1)
+    assert [step_of(d) for d in complete_checkpoints(str(tmp_path))] == [60]

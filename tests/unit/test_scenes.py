@@ -10,12 +10,12 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from evals.attention import attention_weights, summarise
-from evals.multilabel import average_precision, mean_average_precision, multiple_choice
-from llip.cli import ConfigError
 from llip.config import from_dict, to_dict
-from llip.data import scenes
 from llip.data.stream import SkipCounter, decode_samples, expand_sources
+from llip.data.synthetic import scenes
+from llip.errors import ConfigError
+from llip.evaluation.attention import attention_weights, summarise
+from llip.evaluation.multilabel import average_precision, mean_average_precision, multiple_choice
 from llip.io import read_json
 from llip.models import build_model
 from llip.run_configs import get_config, resolve
@@ -224,7 +224,7 @@ def test_images_are_32px_pngs(built):
 
 
 def test_text_collapse_is_the_mean_pairwise_cosine_of_targets_and_queries():
-    from evals.attention import COLLAPSED_COSINE, text_collapse
+    from llip.evaluation.attention import COLLAPSED_COSINE, text_collapse
     e = torch.eye(3)
     r = text_collapse(e)  # CLIP/SigLIP: (N, D) unit embeddings, orthogonal
     assert r == {"target_cosine": pytest.approx(0.0), "query_cosine": None, "collapsed": False}
@@ -250,9 +250,9 @@ def test_text_collapse_is_the_mean_pairwise_cosine_of_targets_and_queries():
 
 
 def test_text_collapse_on_a_model_encodes_each_prompt():
-    from evals.attention import text_collapse
-    from evals.zeroshot import encode_texts
     from llip.data import tokenizer_for
+    from llip.evaluation.attention import text_collapse
+    from llip.evaluation.zeroshot import encode_texts
     torch.manual_seed(0)
     for name in ("llip_tiny", "clip_tiny"):
         cfg = resolve(name)
@@ -265,7 +265,7 @@ def test_text_collapse_on_a_model_encodes_each_prompt():
 
 
 def test_attributes_have_a_validation_split_of_their_own(tmp_path):
-    from llip.data import attributes
+    from llip.data.synthetic import attributes
     specs = attributes.build(str(tmp_path), n_train=8, n_test=6, n_validation=5)
     test, validation = (read_json(specs[f"catalog_{s}"]) for s in ("test", "validation"))
     assert sorted(test) == sorted(validation) == ["color", "position", "shape"]

@@ -9,7 +9,7 @@ import torch
 
 from llip.run_configs import resolve
 from llip.training.dist import World
-from llip.training.throughput import Meter, describe, peak_tflops, step_flops
+from llip.training.throughput import Meter, peak_tflops, progress_text, step_flops
 
 
 def _pair_and_text_flops(cfg) -> tuple[int, int]:
@@ -72,6 +72,6 @@ def test_meter_measures_data_wait_and_rates():
     assert metrics["samples_per_s_per_rank"] == pytest.approx(16 / elapsed)
     assert metrics["tflops_per_rank"] == pytest.approx(2e-3 / elapsed)
     assert metrics["mfu"] is None and metrics["peak_mem_gib"] > 0
-    line = describe(metrics)
+    line = progress_text(metrics)
     assert "TFLOP/s/rank" in line and "data wait" in line and "MFU" not in line
-    assert "MFU 50.0%" in describe({**metrics, "mfu": 0.5})
+    assert "MFU 50.0%" in progress_text({**metrics, "mfu": 0.5})

@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 
-from llip.cli import ConfigError
+from llip.errors import ConfigError
 from llip.models import build_model
 from llip.models.tuning import LoraMultiheadAttention, apply_tuning, merge_lora
 from llip.run_configs import resolve
@@ -73,6 +73,25 @@ def test_frozen_parameters_get_no_gradient_and_no_optimizer_state():
     changed = [n for n, v in before.items() if not torch.equal(params[n], v)]
     assert "visual.transformer.resblocks.0.attn.lora_in_b" in changed  # adapters learn
     assert "text.transformer.resblocks.0.attn.in_proj_weight" in changed  # text trains
+    assert {"visual.prefix_tokens", "visual.prefix_pos"} <= set(changed)  # Llip's head trains
+
+
+def test_locked_vision_tower_keeps_llips_mixture_tokens_trainable_unless_asked():
+    """The K mixture tokens (made from a CLIP class token: K near-identical copies) are Llip's
+    head: under a frozen ViT they still learn, and the report says so."""
+    tokens = {"visual.prefix_tokens", "visual.prefix_pos"}
+    _, model, report = _tuned("llip_tiny", "lock_image=true")
+    assert {n for n in _trainable(model) if n.startswith("visual.")} == tokens
+    assert "image tower locked except Llip's mixture tokens and their positions" in report.line()
+    _, model, report = _tuned("llip_tiny", "lock_image=true", "lock_mixture_tokens=true")
+    assert not any(n.startswith("visual.") for n in _trainable(model))
+    assert "image tower locked (mixture tokens included)" in report.line()
+    _, model, report = _tuned("clip_tiny", "lock_image=true")  # CLIP's class token: the tower's
+    assert not any(n.startswith("visual.") for n in _trainable(model))
+    for name, overrides in [("llip_tiny", []), ("clip_tiny", ["lock_image=true"])]:
+        with pytest.raises(ConfigError, match="lock_mixture_tokens only applies to a llip config "
+                                              "with lock_image=true"):
+            resolve(name, [*overrides, "lock_mixture_tokens=true"])
 
 
 def test_lora_adds_nothing_at_start_and_merges_to_the_same_model():

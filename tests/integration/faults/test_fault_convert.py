@@ -9,7 +9,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from conftest import assert_one_error, run_cli
+from helpers import assert_one_error, run_cli
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from conftest import Touch
-from llip.cli import ConfigError
-from llip.data.health import DataError, SkipCounter
+from helpers import Touch
+from llip.data.health import SkipCounter
 from llip.data.stream import decode_samples
+from llip.errors import ConfigError, DataError
 from llip.run_configs import resolve
 
 
@@ -45,8 +45,8 @@ def test_shard_members_never_execute(tmp_path):
 
 
 def test_eval_shards_never_execute_and_catalog_pipe_needs_opt_in(tmp_path):
-    from evals.catalog import load_catalogs
-    from evals.datasets import classification_batches
+    from llip.evaluation.catalog import load_catalogs
+    from llip.evaluation.datasets import classification_batches
     marker, piped = tmp_path / "executed", tmp_path / "piped"
     shard = _evil_shard(tmp_path / "evil.tar", marker)
     entry = {"task": "zeroshot_classification", "format": "wds", "metric": "acc1",
@@ -58,10 +58,12 @@ def test_eval_shards_never_execute_and_catalog_pipe_needs_opt_in(tmp_path):
     assert torch.cat([y for _, y in batches]).tolist() == [1, 1, 1, 1]
     assert not marker.exists()
     for path in (f"pipe:touch {piped}; cat {shard}", f"{{pipe:touch {piped}; cat ,}}{shard}"):
-        catalog.write_text(json.dumps({"bad": {**entry, "path": path}}))
+        catalog.write_text(json.dumps({"bad": {**entry, "path": path}, "ok": {**entry,
+                                                                           "path": shard}}))
+        refused = load_catalogs([str(catalog)])  # refused for that dataset only
         with pytest.raises(ConfigError, match="shell command"):
-            load_catalogs([str(catalog)])
-        assert not piped.exists()
+            refused["bad"]
+        assert refused["ok"]["path"] == shard and not piped.exists()
     allowed = load_catalogs([str(catalog)], allow_pipe=True)["bad"]
     list(classification_batches(allowed, lambda im: torch.zeros(1), 4, 0)[0])
     assert piped.exists()  # the user opted in: the command ran

@@ -2,7 +2,9 @@
 SIGKILL (its DataLoader workers must die with it, its lock must be taken over, the run must
 resume), a mix with a source that yields nothing, and a 2-rank torchrun resume that finds the
 newest checkpoint corrupt in a file only rank 1 verifies."""
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,9 +12,9 @@ import time
 import pytest
 import webdataset as wds
 
-from conftest import REPO, assert_one_error, run_cli, run_ranks
-from llip import checkpoint_files as cf
-from llip import run_dir as rd
+from helpers import REPO, assert_one_error, run_cli, run_ranks
+from llip.checkpoint_files import owner
+from llip.run_dir import checkpoint_dir, latest, read_marker, step_of
 
 
 def _wait(condition, timeout, what):
@@ -24,8 +26,8 @@ def _wait(condition, timeout, what):
 
 # ---------------------------------------------------------------- the run-dir lock
 def _acquire(rank, port, run_dir, start_at, queue):
-    from llip.cli import ConfigError
-    from llip.run_guard import RunLock
+    from llip.errors import ConfigError
+    from llip.training.claim import RunLock
     time.sleep(max(0.0, start_at - time.time()))  # every process tries at the same moment
     try:
         RunLock(run_dir).acquire()
@@ -80,12 +82,21 @@ def test_killed_trainer_takes_its_workers_along_and_its_lock_is_taken_over(digit
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run_dir, workers = str(tmp_path / "run"), set()
     try:
-        _wait(lambda: rd.latest(run_dir) is not None or trainer.poll() is not None, 300,
+        _wait(lambda: latest(run_dir) is not None or trainer.poll() is not None, 300,
               "the first checkpoint")
         assert trainer.poll() is None, trainer.stderr.read()[-2000:]
         # 2 workers, more while a restarted stream's workers replace the old ones
         workers = set(_children(trainer.pid))
         assert len(workers) >= 2, workers
+        # SLURM signals every process of a job before a time limit or a preemption: the
+        # workers leave those signals to the trainer (one dying of them would make torch
+        # raise in the trainer, in the middle of its requeue)
+        for worker in workers:
+            for sig in (signal.SIGUSR1, signal.SIGUSR2):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker, sig)
+        time.sleep(2)
+        assert trainer.poll() is None, trainer.stderr.read()[-2000:]
 
         second = run_cli(*args, "epochs=1000")  # the same run, launched again meanwhile
         assert_one_error(second, f"in use by pid {trainer.pid} on host")
@@ -96,13 +107,13 @@ def test_killed_trainer_takes_its_workers_along_and_its_lock_is_taken_over(digit
     trainer.stderr.close()
     _wait(lambda: not any(_alive(w) for w in workers), 20, "the orphaned workers to exit")
 
-    step = rd.step_of(rd.latest(run_dir))  # the LOCK of the killed trainer is still there
+    step = step_of(latest(run_dir))  # the LOCK of the killed trainer is still there
     assert os.path.exists(os.path.join(run_dir, "LOCK"))
     resumed = run_cli(*args, f"epochs={step // 10 + 1}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "taking over the lock" in resumed.stderr and "no longer running" in resumed.stderr
     assert f"at step {step}" in resumed.stdout
-    assert rd.step_of(rd.latest(run_dir)) == (step // 10 + 1) * 10
+    assert step_of(latest(run_dir)) == (step // 10 + 1) * 10
     assert not os.path.exists(os.path.join(run_dir, "LOCK"))  # released at the end
 
 
@@ -121,7 +132,7 @@ def test_a_source_that_yields_nothing_stops_a_mix_naming_it(digits, tmp_path, ki
     assert_one_error(result, needle)
     assert f"train_data source 2 ({bad})" in result.stderr.splitlines()[-1]
     if kind == "empty":  # found before training; undecodable images once the source is drawn
-        assert rd.latest(str(tmp_path / "mix")) is None
+        assert latest(str(tmp_path / "mix")) is None
 
 
 # ---------------------------------------------------------------- 2-rank resume fallback
@@ -134,9 +145,9 @@ def test_two_rank_resume_falls_back_when_rank1s_share_is_corrupt(digits, tmp_pat
     first = run_cli(*args, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
     run_dir = str(tmp_path / "run")
-    newest = rd.checkpoint_dir(run_dir, 6)
-    rank1 = [n for n in rd.read_marker(newest)["files"]
-             if n.endswith(".distcp") and cf.owner(n, 2) == 1]
+    newest = checkpoint_dir(run_dir, 6)
+    rank1 = [n for n in read_marker(newest)["files"]
+             if n.endswith(".distcp") and owner(n, 2) == 1]
     assert rank1, "rank 1 wrote no shard file"
     path = os.path.join(newest, rank1[0])
     blob = bytearray(open(path, "rb").read())
@@ -147,7 +158,7 @@ def test_two_rank_resume_falls_back_when_rank1s_share_is_corrupt(digits, tmp_pat
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "falling back to the previous checkpoint" in resumed.stderr
     assert f"{rank1[0]} does not match its sha256 digest" in resumed.stderr
-    assert f"resumed from {rd.checkpoint_dir(run_dir, 4)} at step 4" in resumed.stdout
+    assert f"resumed from {checkpoint_dir(run_dir, 4)} at step 4" in resumed.stdout
     assert os.path.isdir(newest + ".corrupt")
-    assert rd.step_of(rd.latest(run_dir)) == 12
+    assert step_of(latest(run_dir)) == 12
 

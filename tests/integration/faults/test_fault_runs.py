@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from conftest import Touch, assert_one_error, run_cli
-from llip import run_dir as rd
+from helpers import Touch, assert_one_error, run_cli
 from llip.io import sha256_file
+from llip.loading import load_model
+from llip.run_dir import checkpoint_dir, complete_checkpoints, latest
 
 
 def _args(digits, logs, *extra):
@@ -33,7 +34,7 @@ def run(base_run, tmp_path):
 
 
 def test_flipped_byte_is_refused_and_resume_falls_back(digits, run, tmp_path):
-    newest = rd.checkpoint_dir(str(run / "run"), 10)
+    newest = checkpoint_dir(str(run / "run"), 10)
     data = os.path.join(newest, "__0_0.distcp")
     blob = bytearray(open(data, "rb").read())
     blob[len(blob) // 2] ^= 0xFF
@@ -44,12 +45,12 @@ def test_flipped_byte_is_refused_and_resume_falls_back(digits, run, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "falling back" in resumed.stderr and "at step 5" in resumed.stdout
     assert os.path.isdir(newest + ".corrupt")  # kept for inspection, never listed
-    assert rd.latest(str(run / "run")).endswith("step_00000020")
+    assert latest(str(run / "run")).endswith("step_00000020")
 
 
 def test_hostile_metadata_never_runs_even_with_valid_digests(run, tmp_path):
     marker = tmp_path / "executed"
-    ckpt = rd.checkpoint_dir(str(run / "run"), 10)
+    ckpt = checkpoint_dir(str(run / "run"), 10)
     meta = os.path.join(ckpt, ".metadata")
     open(meta, "wb").write(pickle.dumps(Touch(marker)))
     marker_json = json.load(open(os.path.join(ckpt, "COMPLETE")))
@@ -73,7 +74,7 @@ def test_held_run_dir_and_changed_config_are_refused(digits, run):
     run_dir = run / "run"
     before = sorted(os.listdir(run_dir / "checkpoints"))
     config = (run_dir / "config.yaml").read_text()
-    from llip.run_guard import RunLock
+    from llip.training.claim import RunLock
     lock = RunLock(str(run_dir)).acquire()  # this test process holds it, alive
     try:
         assert_one_error(run_cli(*_args(digits, run, "epochs=2")), f"pid {os.getpid()}")
@@ -91,6 +92,6 @@ def test_divergence_stops_without_a_nonfinite_checkpoint(digits, tmp_path):
                      "checkpoint_every=1", "log_every=100")
     assert_one_error(result, "training diverged")
     import torch
-    for ckpt in rd.complete_checkpoints(str(tmp_path / "div")):
-        model = rd.load_model(ckpt)[0]
+    for ckpt in complete_checkpoints(str(tmp_path / "div")):
+        model = load_model(ckpt)[0]
         assert all(torch.isfinite(p).all() for p in model.parameters()), ckpt

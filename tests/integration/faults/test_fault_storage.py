@@ -10,8 +10,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import assert_one_error, run_cli, write_catalog
-from llip import run_dir as rd
+from helpers import assert_one_error, run_cli, write_catalog
+from llip.loading import load_model
+from llip.run_dir import checkpoint_dir, latest, step_of
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_training_under_a_file_is_one_line(digits, tmp_path):
 def test_disk_full_mid_run_keeps_the_checkpoints_written_and_resumes(digits, tmp_path, mount):
     probe = _train(digits, tmp_path / "probe", "train_num_samples=80")  # one checkpoint: size
     assert probe.returncode == 0, probe.stderr[-2000:]
-    ckpt = rd.checkpoint_dir(str(tmp_path / "probe" / "run"), 5)
+    ckpt = checkpoint_dir(str(tmp_path / "probe" / "run"), 5)
     size = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt))
     logs = mount("full", f"size={size * 3 // 2 + (1 << 20)}")  # room for one, not two
 
@@ -67,15 +68,15 @@ def test_disk_full_mid_run_keeps_the_checkpoints_written_and_resumes(digits, tmp
     assert_one_error(full, f"cannot write checkpoint {logs}/run/checkpoints/step_00000010",
                "full")
     run_dir = str(logs / "run")
-    assert rd.step_of(rd.latest(run_dir)) == 5
-    model = rd.load_model(rd.latest(run_dir))[0]  # verified: the digests still match
+    assert step_of(latest(run_dir)) == 5
+    model = load_model(latest(run_dir))[0]  # verified: the digests still match
     assert model is not None
 
     subprocess.run(["mount", "-o", f"remount,size={4 * size + (1 << 20)}", str(logs)],
                    check=True)  # space freed
     resumed = _train(digits, logs)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "at step 5" in resumed.stdout and rd.step_of(rd.latest(run_dir)) == 10
+    assert "at step 5" in resumed.stdout and step_of(latest(run_dir)) == 10
     assert not [d for d in os.listdir(os.path.join(run_dir, "checkpoints")) if "tmp" in d]
 
 
