@@ -61,9 +61,11 @@ class RunConfig:
     # llip only: "zero" zeroes the query (uniform attention over the K tokens, same parameters
     # and compute): the control that tells the caption-contextualisation apart from the rest
     llip_query: str = "text"
-    # "ours": CLIP's init for both towers and the Llip head; "reference": the Llip authors'
-    # release (PyTorch's default init for the vision blocks, normal(0, width^-1/2) for the
-    # query, target and output projections of the head)
+    # The init of the vision blocks and of the Llip head's query, target and output projections
+    # (the text tower always has CLIP's init). "ours": CLIP's init for the vision blocks; the
+    # head's three projections keep nn.Linear's default, uniform(+-fan_in^-1/2), std
+    # 0.58 fan_in^-1/2. "reference": the Llip authors' release: PyTorch's default init for the
+    # vision blocks, normal(0, fan_in^-1/2) for the three head projections.
     init: str = "ours"
 
     # --- starting point and what trains (llip/loading.py, llip/models/tuning.py) ---

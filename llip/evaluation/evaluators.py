@@ -44,6 +44,10 @@ class Context:
     device: object = "cpu"
     shard: Shard = LOCAL
     image_size: int = 224  # of the dummy image a share that ran out scores (lockstep)
+    # called with (entry, class embeddings) by zero-shot classification, e.g. for training's
+    # collapse metric (llip.training.evaluate): the embeddings the images were scored against,
+    # at no extra encoding
+    on_class_embeddings: object = None
 
 
 class Evaluator:
@@ -71,6 +75,8 @@ class ZeroShotClassification(Evaluator):
                                                      ctx.workers, ctx.shard.rank, ctx.shard.size)
         text_emb = class_embeddings(model, ctx.tokenizer, classnames, entry["templates"],
                                     ctx.device, ctx.batch_size)
+        if ctx.on_class_embeddings is not None:
+            ctx.on_class_embeddings(entry, text_emb)
         scorers = {tau: Classification(len(classnames), ctx.device) for tau in taus}
         encoded = score_images(model, batches, text_emb, scorers, ctx.device, ctx.shard,
                                ctx.image_size)

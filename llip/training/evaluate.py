@@ -12,6 +12,13 @@ memory - while N-1 accelerators idle for the length of the eval and the waiting 
 collective timeout on a large eval set. Sharing the images costs nothing extra and makes the
 eval N times faster. Only tasks whose evaluator can merge shares (zero-shot classification and
 retrieval) may run inside training; the others are refused before training starts.
+
+Each zero-shot classification eval also logs the collapse diagnostic of its class prompts, with
+the benchmark's function (llip.evaluation.attention.text_collapse) on the class embeddings the
+images were just scored against (no extra encoding, no images):
+`eval/<dataset>/text_collapse` (mean pairwise cosine of the class targets),
+`eval/<dataset>/text_collapse_query` (the same for Llip's queries; Llip only) and
+`eval/<dataset>/text_collapsed` (1 where both are above COLLAPSED_COSINE, else 0).
 """
 import re
 import time
@@ -21,6 +28,7 @@ from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
 
 from llip.data import tokenizer_for, transform_for
 from llip.errors import ConfigError, closest
+from llip.evaluation.attention import text_collapse
 from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs
 from llip.evaluation.datasets import require_data
 from llip.evaluation.evaluators import EVALUATORS, Context
@@ -56,6 +64,20 @@ def eval_entries(cfg) -> list[dict]:
     return entries
 
 
+def collapse_metrics(name: str, class_emb: torch.Tensor) -> dict:
+    """The collapse diagnostic of one zero-shot classification eval as metrics.jsonl keys:
+    class_emb is its class embeddings, (C, D) or Llip's (C, 2, D) [query, target]; nothing for
+    fewer than 2 classes (no pair to compare)."""
+    if len(class_emb) < 2:
+        return {}
+    c = text_collapse(class_emb)
+    out = {f"eval/{name}/text_collapse": c["target_cosine"],
+           f"eval/{name}/text_collapsed": float(c["collapsed"])}
+    if c["query_cosine"] is not None:
+        out[f"eval/{name}/text_collapse_query"] = c["query_cosine"]
+    return out
+
+
 class _ShardedScoring:
     """The scoring methods of an FSDP2 model, each run as an FSDP forward (the root's weights
     all-gathered, inputs cast to the mixed-precision dtype). Registered under new names: the
@@ -76,12 +98,17 @@ class TrainingEvals:
     def __init__(self, cfg, world):
         self.cfg, self.world = cfg, world
         self.entries = eval_entries(cfg)
+        self.class_emb = {}  # dataset -> the class embeddings of its last eval
         if self.entries:
             self.context = Context(
                 transform_for(cfg, train=False), tokenizer_for(cfg),
                 batch_size=max(1, cfg.batch_size // world.size),  # fits: training's per rank
                 workers=cfg.workers, device=world.device, image_size=cfg.image_size,
-                shard=Shard(world.rank, world.size, dist.all_reduce_sum, dist.all_gather))
+                shard=Shard(world.rank, world.size, dist.all_reduce_sum, dist.all_gather),
+                on_class_embeddings=self._keep_class_embeddings)
+
+    def _keep_class_embeddings(self, entry: dict, class_emb: torch.Tensor) -> None:
+        self.class_emb[entry["name"]] = class_emb
 
     def due(self, step: int) -> bool:
         return bool(self.entries) and (step % self.cfg.eval_every == 0
@@ -108,10 +135,15 @@ class TrainingEvals:
                 for entry in self.entries:                                 # stream is untouched
                     by_tau, _ = EVALUATORS[entry["task"]].evaluate(scoring, entry, self.context,
                                                                     [None])
-                    metrics = by_tau[None]
-                    values.update({f"eval/{entry['name']}/{k}": v for k, v in metrics.items()})
-                    summary.append(f"{entry['name']} {entry['metric']} "
-                                   f"{metrics[entry['metric']]:.4f}")
+                    name, metrics = entry["name"], by_tau[None]
+                    values.update({f"eval/{name}/{k}": v for k, v in metrics.items()})
+                    line = f"{name} {entry['metric']} {metrics[entry['metric']]:.4f}"
+                    collapse = collapse_metrics(name, self.class_emb.pop(name)) \
+                        if name in self.class_emb else {}
+                    values.update(collapse)
+                    if collapse:
+                        line += f" text_collapse {collapse[f'eval/{name}/text_collapse']:.3f}"
+                    summary.append(line)
         finally:
             model.train(was_training)
         values["eval/seconds"] = time.time() - start

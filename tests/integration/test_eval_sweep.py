@@ -67,6 +67,9 @@ def test_sweep_over_every_checkpoint_writes_tables_and_plot_and_resumes(trained_
             read_text(metrics_path(trained_clip)).splitlines()]
     during = {r["step"]: r["eval/digits/acc1"] for r in rows if "eval/digits/acc1" in r}
     assert list(during) == [55, 110]
+    collapse = [r for r in rows if "eval/digits/acc1" in r]  # CLIP: targets only, no queries
+    assert all(-1 <= r["eval/digits/text_collapse"] < 1 and "eval/digits/text_collapse_query"
+               not in r for r in collapse)
     assert during[110] == row["by_tau"][0]["value"]
     assert 0.1 < during[55] < during[110]  # above chance, and rising
 

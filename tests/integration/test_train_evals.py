@@ -28,6 +28,13 @@ def test_evals_in_two_rank_training_equal_the_sweep_and_keep_every_keeps(digits,
     evals = {r["step"]: r for r in rows if "eval/digits/acc1" in r}
     assert list(evals) == [3, 6]
     assert evals[6]["eval/digits/n"] == evals[6]["eval/digits_retrieval/n"] == 360
+    # every eval logs the collapse diagnostic of the class prompts (Llip: targets and queries);
+    # retrieval has no class prompts
+    for row in evals.values():
+        assert -1 <= row["eval/digits/text_collapse"] <= 1
+        assert -1 <= row["eval/digits/text_collapse_query"] <= 1
+        assert row["eval/digits/text_collapsed"] in (0.0, 1.0)
+        assert not any(k.startswith("eval/digits_retrieval/text_coll") for k in row)
     assert "eval at step 6 | digits acc1" in result.stdout
 
     # The same checkpoint scored by one process (the sweep's runner, the images unsplit):

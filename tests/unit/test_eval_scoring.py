@@ -106,3 +106,46 @@ def test_inference_runs_fp32_on_cpu():
     from llip.evaluation.zeroshot import inference_precision
     with inference_precision("cpu"):
         assert (torch.randn(4, 4) @ torch.randn(4, 4)).dtype == torch.float32
+
+
+def test_training_evals_log_the_benchmarks_collapse_diagnostic_of_the_class_prompts(
+        monkeypatch):
+    """In-training zero-shot classification logs text_collapse of the class embeddings the images
+    were scored against: identical class prompts have cosine 1 (collapsed), distinct ones less;
+    Llip's queries too. Random-init tiny models (seeded), no data: the images are one batch."""
+    from llip.data import tokenizer_for
+    from llip.evaluation import evaluators
+    from llip.evaluation.attention import COLLAPSED_COSINE
+    from llip.evaluation.zeroshot import class_embeddings
+    from llip.models import build_model
+    from llip.run_configs import resolve
+    from llip.training.evaluate import collapse_metrics
+    torch.manual_seed(0)
+    for name in ("clip_tiny", "llip_tiny"):
+        cfg = resolve(name)
+        model, tokenizer = build_model(cfg).eval(), tokenizer_for(cfg)
+        templates = ["a photo of {c}", "{c}"]
+        same = collapse_metrics("d", class_embeddings(model, tokenizer, ["seven"] * 3, templates))
+        assert same["eval/d/text_collapse"] == pytest.approx(1.0) and 1.0 > COLLAPSED_COSINE
+        assert same["eval/d/text_collapsed"] == 1.0
+        distinct = collapse_metrics("d", class_embeddings(model, tokenizer,
+                                                          ["zero", "one", "two"], templates))
+        assert -1 <= distinct["eval/d/text_collapse"] < COLLAPSED_COSINE
+        assert distinct["eval/d/text_collapsed"] == 0.0
+        if name == "llip_tiny":
+            assert same["eval/d/text_collapse_query"] == pytest.approx(1.0)
+            assert -1 <= distinct["eval/d/text_collapse_query"] < COLLAPSED_COSINE
+        else:
+            assert "eval/d/text_collapse_query" not in distinct
+        assert collapse_metrics("d", class_embeddings(model, tokenizer, ["one"], templates)) == {}
+
+        # the evaluator hands over the class embeddings it scored the images against
+        images = torch.randn(4, 3, cfg.image_size, cfg.image_size)
+        monkeypatch.setattr(evaluators, "classification_batches", lambda entry, *a, **k: (
+            [(images, torch.tensor([0, 1, 2, 0]))], entry["classnames"]))
+        seen = {}
+        ctx = evaluators.Context(None, tokenizer, 4, 0, on_class_embeddings=lambda e, emb:
+                                 seen.update({e["name"]: emb}))
+        entry = {"name": "d", "classnames": ["zero", "one", "two"], "templates": templates}
+        evaluators.EVALUATORS["zeroshot_classification"].evaluate(model, entry, ctx, [None])
+        assert collapse_metrics("d", seen["d"]) == pytest.approx(distinct)

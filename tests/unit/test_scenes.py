@@ -1,5 +1,6 @@
 """The binding scenes: generator, its shards through the training stream, the per-image evals
 (multiple choice, presence mAP), the zero-query control and the fair-settings options."""
+import dataclasses
 import math
 import random
 
@@ -15,6 +16,7 @@ from llip.data.synthetic import scenes
 from llip.errors import ConfigError
 from llip.evaluation.attention import attention_weights, summarise
 from llip.evaluation.multilabel import average_precision, mean_average_precision, multiple_choice
+from llip.io import read_json
 from llip.models import build_model
 from llip.run_configs import get_config, resolve
 from llip.training.optim import param_groups
@@ -219,3 +221,117 @@ def test_reference_init_of_the_head_and_vision_blocks():
 def test_images_are_32px_pngs(built):
     sample = _samples(built["validation"])[0]
     assert isinstance(sample["png"], Image.Image) and sample["png"].size == (32, 32)
+
+
+def test_text_collapse_is_the_mean_pairwise_cosine_of_targets_and_queries():
+    from llip.evaluation.attention import COLLAPSED_COSINE, text_collapse
+    e = torch.eye(3)
+    r = text_collapse(e)  # CLIP/SigLIP: (N, D) unit embeddings, orthogonal
+    assert r == {"target_cosine": pytest.approx(0.0), "query_cosine": None, "collapsed": False}
+    same = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # pairs: 1, 0, 0
+    assert text_collapse(same)["target_cosine"] == pytest.approx(1 / 3)
+    # Llip: (N, 2, D) = [query, target]; queries need not be unit vectors
+    near = torch.nn.functional.normalize(torch.tensor([[1.0, 0.01], [1.0, -0.01]]), dim=-1)
+    llip = torch.stack([torch.stack([3 * near[0], near[0]]), torch.stack([near[1], near[1]])])
+    r = text_collapse(llip)
+    assert r["target_cosine"] == pytest.approx(float(near[0] @ near[1]))
+    assert r["query_cosine"] == pytest.approx(r["target_cosine"])  # scale-free
+    assert r["target_cosine"] > COLLAPSED_COSINE and r["collapsed"]
+    # distinct queries keep the attention route open: not collapsed
+    llip[1, 0] = torch.tensor([0.0, 1.0])
+    assert not text_collapse(llip)["collapsed"]
+    # the zero-query control: zero queries count as identical
+    llip[:, 0] = 0.0
+    assert text_collapse(llip)["query_cosine"] == 1.0 and text_collapse(llip)["collapsed"]
+    with pytest.raises(ValueError, match="at least 2"):
+        text_collapse(e[:1])
+    with pytest.raises(ValueError, match="expected"):
+        text_collapse(torch.zeros(2, 3, 4))
+
+
+def test_text_collapse_on_a_model_encodes_each_prompt():
+    from llip.data import tokenizer_for
+    from llip.evaluation.attention import text_collapse
+    from llip.evaluation.zeroshot import encode_texts
+    torch.manual_seed(0)
+    for name in ("llip_tiny", "clip_tiny"):
+        cfg = resolve(name)
+        model = build_model(cfg).eval()
+        emb = encode_texts(model, tokenizer_for(cfg), ["a red circle", "a blue circle",
+                                                       "a green circle"])
+        r = text_collapse(emb)
+        assert -1 <= r["target_cosine"] <= 1
+        assert (r["query_cosine"] is None) == (name == "clip_tiny")
+
+
+def test_attributes_have_a_validation_split_of_their_own(tmp_path):
+    from llip.data.synthetic import attributes
+    specs = attributes.build(str(tmp_path), n_train=8, n_test=6, n_validation=5)
+    test, validation = (read_json(specs[f"catalog_{s}"]) for s in ("test", "validation"))
+    assert sorted(test) == sorted(validation) == ["color", "position", "shape"]
+    assert test["position"]["path"] == specs["test"] != specs["validation"] == \
+        validation["position"]["path"]
+    assert specs["catalog"] == specs["catalog_test"]
+    images = {s: {np.asarray(x["png"]).tobytes() for x in _samples(specs[s])}
+              for s in ("train", "validation", "test")}
+    assert [len(images[s]) for s in ("train", "validation", "test")] == [8, 5, 6]
+    assert not images["validation"] & images["test"]
+    assert attributes.build(str(tmp_path), n_train=8, n_test=6, n_validation=5) == specs
+
+
+def _benchmark():
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks",
+                        "caption_diversity.py")
+    spec = importlib.util.spec_from_file_location("caption_diversity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_chooses_the_lr_by_the_mean_over_seeds_and_keys_runs_by_recipe():
+    import pandas as pd
+    cd = _benchmark()
+    cells = pd.DataFrame([  # lr 2e-3 wins one seed, 1e-3 wins the mean
+        {"variant": "llip", "lr": 1e-3, "seed": s, "average": a} for s, a in
+        enumerate([0.57, 0.56, 0.58])] + [
+        {"variant": "llip", "lr": 2e-3, "seed": s, "average": a} for s, a in
+        enumerate([0.59, 0.30, 0.50])] + [
+        {"variant": "clip", "lr": lr, "seed": 0, "average": 0.5} for lr in (5e-4, 1e-3)])
+    assert cd.choose(cells) == {"clip": 5e-4, "llip": 1e-3}  # a tie goes to the smaller lr
+    a = resolve("llip_scenes")
+    assert cd.run_key(a) == cd.run_key(dataclasses.replace(a, lr=1.0, seed=5, name="x"))
+    assert cd.run_key(a) != cd.run_key(dataclasses.replace(a, init="reference"))
+    groups = cd.collapse_groups("scenes")
+    assert [len(x) for x in groups["colour"]] == [6] * 6 and len(groups["shape"]) == 6
+    assert groups["colour"][0][:2] == ["a red circle", "a green circle"]
+    assert list(cd.collapse_groups("attributes")) == ["shape", "color", "position"]
+    s = cd.summarise_collapse([{"target_cosine": 0.995, "query_cosine": 0.999},
+                               {"target_cosine": 0.999, "query_cosine": 0.995}])
+    assert s["target_cosine"] == pytest.approx(0.997) and s["collapsed"]
+    open_query = cd.summarise_collapse([{"target_cosine": 0.999, "query_cosine": 0.9},
+                                        {"target_cosine": 0.999, "query_cosine": 0.999}])
+    assert not open_query["collapsed"]  # the mean query cosine 0.9495: not collapsed
+    assert cd.collapse_columns({"colour": open_query})["collapsed"] == "-"
+    assert cd.collapse_columns({"position": s})["collapsed"] == "position"
+
+
+def test_benchmark_lrs_are_the_configs_lrs():
+    cd = _benchmark()
+    for task, chosen in cd.CHOSEN_LR.items():
+        for family, config in cd.CONFIGS[task].items():
+            if family in chosen:
+                assert get_config(config).lr == chosen[family], (task, family)
+
+
+def test_sweep_prunes_an_lr_only_where_every_variant_fails_on_the_first_seed():
+    import pandas as pd
+    cd = _benchmark()
+    rows = []
+    for variant, by_lr in {"clip": {1e-3: 0.5, 2e-3: 0.45, 4e-3: 0.2},
+                           "llip": {1e-3: 0.6, 2e-3: 0.3, 4e-3: 0.25}}.items():
+        for lr, value in by_lr.items():
+            rows += [{"variant": variant, "seed": 100, "lr": lr, "step": 8, "dataset": d,
+                      "value": value} for d in ("a", "b")]
+    assert cd.pruned_lrs(pd.DataFrame(rows)) == [4e-3]  # 2e-3 stays: clip is at 0.9 of best

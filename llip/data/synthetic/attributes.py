@@ -4,7 +4,13 @@ One object's independent attributes fit in a single embedding, so this is the ne
 of the binding benchmark (llip.data.synthetic.scenes): parity between CLIP, SigLIP and Llip is
 expected.
 
-    python -m llip.data.synthetic.attributes data/attributes  # train-*.tar, test-*.tar, catalog
+Splits: train, validation and test are independent draws (different seeds) of the same
+distribution; there are only 4 x 4 x 4 attribute combinations, so all of them occur in every
+split: what is held out is the images (jitter of place, size and colour), not the combinations.
+catalog.json holds the test split's tasks, catalog_validation.json the validation split's (for
+choosing settings, e.g. the lr: the test split is only for the final table).
+
+    python -m llip.data.synthetic.attributes data/attributes  # shards, both catalogs
 """
 import argparse
 import io
@@ -73,21 +79,35 @@ def write(out_dir: str, prefix: str, n: int, seed: int, per_shard: int = 1000) -
     return os.path.join(out_dir, f"{prefix}-{{000000..{shards - 1:06d}}}.tar")
 
 
-def build(out_dir: str, n_train: int = 20000, n_test: int = 1000, seed: int = 0) -> dict:
-    """Write shards and an eval catalog (one zero-shot task per attribute); idempotent."""
+def catalog(path: str, split: str) -> dict:
+    """One zero-shot task per attribute on one split's shards."""
+    return {attr: {"task": "zeroshot_classification", "format": "wds", "path": path,
+                   "split": split, "classnames": names, "templates": templates,
+                   "metric": "acc1", "label_key": attr, "classes": len(names),
+                   "chance": 1 / len(names)}
+            for attr, (names, templates) in TASKS.items()}
+
+
+def build(out_dir: str, n_train: int = 20000, n_test: int = 1000, seed: int = 0,
+          n_validation: int = 1000) -> dict:
+    """Write the train, validation and test shards and their catalogs; idempotent (specs.json
+    marks a complete build of these sizes and seed)."""
     os.makedirs(out_dir, exist_ok=True)
     marker = os.path.join(out_dir, "specs.json")
+    sizes = {"train": n_train, "validation": n_validation, "test": n_test}
     if os.path.exists(marker):
-        return read_json(marker)
+        specs = read_json(marker)
+        if specs.get("sizes") == sizes and specs.get("seed") == seed:
+            return specs
+    # seeds as before for train (seed) and test (seed + 1): the same samples as earlier builds
     specs = {"train": write(out_dir, "train", n_train, seed),
-             "test": write(out_dir, "test", n_test, seed + 1), "n_train": n_train}
-    catalog = {attr: {"task": "zeroshot_classification", "format": "wds", "path": specs["test"],
-                      "split": "test", "classnames": names, "templates": templates,
-                      "metric": "acc1", "label_key": attr, "classes": len(names),
-                      "chance": 1 / len(names)}
-               for attr, (names, templates) in TASKS.items()}
-    specs["catalog"] = os.path.join(out_dir, "catalog.json")
-    write_json(specs["catalog"], catalog, indent=1)
+             "test": write(out_dir, "test", n_test, seed + 1),
+             "validation": write(out_dir, "validation", n_validation, seed + 2),
+             "n_train": n_train, "sizes": sizes, "seed": seed}
+    for split, name in (("test", "catalog.json"), ("validation", "catalog_validation.json")):
+        specs[f"catalog_{split}"] = write_json(os.path.join(out_dir, name),
+                                               catalog(specs[split], split), indent=1)
+    specs["catalog"] = specs["catalog_test"]
     write_json(marker, specs)
     return specs
 
@@ -96,8 +116,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir")
     parser.add_argument("--train", type=int, default=20000)
+    parser.add_argument("--validation", type=int, default=1000)
+    parser.add_argument("--test", type=int, default=1000)
     args = parser.parse_args()
-    print(build(args.out_dir, args.train))
+    print(build(args.out_dir, args.train, args.test, n_validation=args.validation))
 
 
 if __name__ == "__main__":
