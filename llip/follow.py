@@ -232,8 +232,12 @@ def submit_follower(root: str, cfg, python: str, hold: bool = False,
     """Submit the follower of a sweep or run dir unless one is live (1 CPU, no GPU; partition,
     account, qos, time of `cfg`); -> its job id."""
     path = follower_job_path(root)
-    if os.path.exists(path) and slurm.is_live(read_text(path).strip()):
-        return read_text(path).strip()
+    if os.path.exists(path):
+        # a follower that is only COMPLETING (cancelled, finishing its last hand-on) is
+        # replaced, not counted on: it is about to leave. Two at once hand nothing on twice.
+        states = slurm.squeue_states(read_text(path).strip())
+        if states and states & (slurm.LIVE_STATES - {"COMPLETING"}):
+            return read_text(path).strip()
     params = {**slurm.parameters(cfg), "job_name": f"{os.path.basename(root)}-evals",
               "nodes": 1, "ntasks_per_node": 1, "cpus_per_task": 1}
     for key in ("gpus_per_node", "mem"):
