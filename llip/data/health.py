@@ -34,12 +34,13 @@ class SkipCounter:
     DataError once more than that fraction of them failed."""
 
     def __init__(self, what: str, max_fraction: float | None = None, window: int = WINDOW):
-        self.what, self.count = what, 0
+        self.what, self.count, self.last = what, 0, ""
         self.max_fraction, self.window = max_fraction, window
         self._ring, self._pos, self._errors, self._seen = bytearray(window), 0, 0, 0
 
     def __call__(self, exn: Exception) -> bool:
         self.count += 1
+        self.last = f"{type(exn).__name__}: {_one_line(exn)}"  # the cause, for a stop's line
         if self.count <= 5 or self.count % 1000 == 0:
             log.warning("skipping %s (%d so far): %s: %s", self.what, self.count,
                         type(exn).__name__, str(exn)[:200])
@@ -73,8 +74,10 @@ class ShardWatch:
     """Per source: shards drawn, samples read, samples decoded or not. Wraps the shard iterator
     (`urls`) and the raw sample iterator (`read`); the decoder reports `good` / `bad`."""
 
-    def __init__(self, sources: list[list[str]] | None, parent_pid: int | None = None):
+    def __init__(self, sources: list[list[str]] | None, parent_pid: int | None = None,
+                 shard_errors: SkipCounter | None = None):
         self.sources = sources or [[]]
+        self.shard_errors = shard_errors  # its last error is the likely cause of no samples
         self.source_of = {u: i for i, urls in reversed(list(enumerate(self.sources)))
                           for u in urls}
         self.drawn, self.read, self.decoded, self.failed = (collections.Counter()
@@ -117,11 +120,15 @@ class ShardWatch:
     def _check_empty(self, source: int, url: str) -> None:
         if not self.read[source] and self.drawn[source] >= SOURCE_PROBE_SHARDS:
             raise DataError(f"{source_name(self.sources, source)} yielded no samples from "
-                            f"{self.drawn[source]} shard reads (last: {url}): its shards are "
-                            "empty or unreadable")
+                            f"{self.drawn[source]} shard reads (last: {url}{self._cause()}): "
+                            "its shards are empty or unreadable")
         if self.draws_since_sample >= EMPTY_SHARDS_IN_A_ROW:
             raise DataError(f"no samples from the last {self.draws_since_sample} shards read "
-                            f"(last: {url}): shards empty or storage unreachable")
+                            f"(last: {url}{self._cause()}): shards empty or storage unreachable")
+
+    def _cause(self) -> str:
+        last = self.shard_errors.last if self.shard_errors is not None else ""
+        return f"; last error: {last}" if last else ""
 
 
 def source_name(sources: list[list[str]], source: int) -> str:

@@ -38,6 +38,7 @@ import webdataset as wds
 
 from llip.data import sample_captions, sample_image
 from llip.data.health import ShardWatch, SkipCounter, source_name
+from llip.data.remote import unread_scheme
 from llip.errors import ConfigError, DataError
 from llip.io import read_json
 
@@ -79,6 +80,11 @@ def check_shards(sources: list[list[str]]) -> None:
     each): a directory holding many of the shards is listed once instead of a stat per shard,
     and the empty-tar check stops at the first shard that holds data (one stat, usually)."""
     for i, urls in enumerate(sources):
+        instead = next((unread_scheme(u) for u in urls[:1] if unread_scheme(u)), None)
+        if instead:
+            raise ConfigError(f"{urls[0]}: {urlparse(urls[0]).scheme}:// is not read directly "
+                              f"(no reader here): stream it through the provider's CLI, e.g. "
+                              f"train_data='{instead}', or mount the bucket")
         paths = [p for p in map(local_path, urls) if p is not None]
         missing = _missing(paths)
         if missing:
@@ -290,7 +296,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             torch.manual_seed(stream_seed(self.seed, self.rank, worker, self.start_step, 1))
         shard_errors = SkipCounter("shard")
         sample_errors = SkipCounter("sample", self.max_corrupt_fraction)
-        watch = ShardWatch(self.sources, parent_pid=os.getppid() if info else None)
+        watch = ShardWatch(self.sources, parent_pid=os.getppid() if info else None,
+                           shard_errors=shard_errors)
         if self.resampled:
             shards = _resampled_shards(self.sources, self.weights, rng)
         else:

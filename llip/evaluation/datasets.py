@@ -21,6 +21,7 @@ from webdataset import tarfile_to_samples
 from webdataset.gopen import rewrite_url
 
 from llip.data import IMAGE_KEYS, caption_list, open_image, to_rgb
+from llip.data.remote import unread_scheme
 from llip.data.stream import expand_sources, local_path, worker_init
 from llip.errors import ConfigError, one_line
 from llip.io import read_json
@@ -32,6 +33,12 @@ def refuse_pipe(urls, entry) -> None:
     """Shell commands as shard URLs only when the user allowed them for this sweep. The URL is
     judged as webdataset will open it: after its GOPEN_REWRITE rules (which could turn a path
     into a command), by its scheme as a URL parser reads it ("PIPE:" is pipe:)."""
+    for url in urls[:1]:  # one spec: one scheme
+        instead = unread_scheme(url)
+        if instead:
+            raise ConfigError(f"dataset '{entry['name']}': {url[:80]} is not read directly (no "
+                              f"reader here for its scheme): use a local or http(s) path, or "
+                              f"'{instead}' with --allow-pipe")
     if entry.get(ALLOW_PIPE):
         return
     for url in urls:
