@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import difflib
 import errno
+import os
 import re
+import shutil
 
 
 class UserError(ValueError):
@@ -98,6 +100,26 @@ _STORAGE_ERRNOS = {
     errno.EISDIR: "it is a directory where a file was expected: give a file path",
     errno.EEXIST: "it exists and is not a directory: give a directory path",
 }
+
+
+FULL_DISK_BYTES = 64 << 20  # a failed write with less free space than this: the disk is full
+
+
+def write_error(exn: BaseException, path: str, what: str) -> str | None:
+    """storage_error for a write of `what` into `path`, also where the writer lost the errno
+    (torch's tensor writer reports a short write as "unexpected pos"): a failed write on a
+    disk with almost no space left is a full disk."""
+    line = storage_error(exn, what)
+    if line is not None:
+        return line
+    try:
+        free = shutil.disk_usage(os.path.dirname(os.path.abspath(path)) or ".").free
+    except OSError:
+        return None
+    if free >= FULL_DISK_BYTES:
+        return None
+    return (f"cannot write {what}: the disk holding it is full ({free} bytes free): free space "
+            "or write elsewhere")
 
 
 def storage_error(exn: BaseException, where: str | None = None) -> str | None:

@@ -105,7 +105,7 @@ def caption_list(value) -> list[str]:
         text = value.strip()
         try:
             value = json.loads(text) if text[:1] in "[{" and text else None
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # not JSON (or nested 100k deep): text
             value = None
         if value is None:
             return [line.strip() for line in text.splitlines() if line.strip()]

@@ -81,6 +81,8 @@ def _json_line(path, number, line):
         return json.loads(line)
     except json.JSONDecodeError as exn:
         raise ConfigError(f"{path}: line {number} is not valid JSON ({exn.msg})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: line {number} is nested too deeply") from None
 
 
 class _input_errors:
@@ -101,6 +103,9 @@ class _input_errors:
                               f"column {exn.colno})") from None
         if isinstance(exn, csv.Error):
             raise ConfigError(f"{self.path} is not a readable CSV/TSV ({exn})") from None
+        if isinstance(exn, RecursionError):
+            raise ConfigError(f"{self.path} is nested too deeply to be a list of image-caption "
+                              "records") from None
         return False
 
 

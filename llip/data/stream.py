@@ -87,6 +87,10 @@ def check_shards(sources: list[list[str]]) -> None:
                               f"train_data='{instead}', or mount the bucket")
         paths = [p for p in map(local_path, urls) if p is not None]
         missing = _missing(paths)
+        if missing and os.path.isdir(missing[0]):
+            raise ConfigError(f"train_data names the directory {missing[0]}, not its shards: "
+                              f"list them, e.g. train_data='{missing[0].rstrip('/')}/"
+                              "shard-{000000..000099}.tar'")
         if missing:
             raise ConfigError(f"missing shard {missing[0]} ({len(missing)} of {len(urls)} in its "
                               "source missing): fix train_data or build the shards first")

@@ -41,7 +41,7 @@ from llip.checkpoint_files import (
     verify,
 )
 from llip.config import config_changes
-from llip.errors import CheckpointError, StorageError, UserError, storage_error
+from llip.errors import CheckpointError, StorageError, UserError, write_error
 from llip.run_dir import (
     CONFIG,
     checkpoint_dir,
@@ -60,7 +60,6 @@ from llip.training import dist
 
 log = logging.getLogger("llip.train")
 WAIT_AFTER_FAILURE_S = 600  # a run that failed still lets a save in flight finish, this long
-FULL_DISK_BYTES = 64 << 20  # a failed checkpoint write with less free space than this: disk full
 _NOT_STATE = ("time", "files")  # marker entries that are not trainer state
 
 
@@ -210,14 +209,9 @@ def _named(final: str):
     try:
         yield
     except (Exception, dcp_api.CheckpointException) as exn:
-        line = storage_error(exn, f"checkpoint {final}")
+        line = write_error(exn, final, f"checkpoint {final}")
         if line is None:
-            # torch's tensor writer reports a short write as "unexpected pos", losing the errno
-            free = shutil.disk_usage(os.path.dirname(final)).free
-            if free >= FULL_DISK_BYTES:
-                raise
-            line = (f"cannot write checkpoint {final}: the disk holding it is full ({free} "
-                    "bytes free): free space or write elsewhere")
+            raise
         raise StorageError(line) from None
 
 

@@ -24,6 +24,8 @@ def _args(digits, logs, name):
     (["llip_tiny", "train_data=/nowhere/s-{0..3}.tar", "train_num_samples=10"],
      "missing shard /nowhere/s-0.tar (4 of 4"),
     (["llip_b16"], "train_data is empty"),
+    (["llip_tiny", "train_data=/tmp", "train_num_samples=10"],
+     "train_data names the directory /tmp, not its shards"),
 ])
 def test_bad_input_is_one_line_exit_2(argv, needle):
     result = run_cli("-m", "llip.main", *argv)

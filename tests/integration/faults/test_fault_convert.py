@@ -40,6 +40,7 @@ def _captions(out_dir):
     ('["im0.png", "im1.png"]', "record 0 is not an object"),
     ('[{"image": ["im0.png"], "caption": "a"}]', "record 0 has image=['im0.png']"),
     ('[{"image": "im0.png", "caption": "a"}', "is not valid JSON"),
+    ("[" * 100_000 + "]" * 100_000, "is nested too deeply"),
 ])
 def test_json_of_the_wrong_shape_is_one_line(images, tmp_path, content, needle):
     source = tmp_path / "pairs.json"

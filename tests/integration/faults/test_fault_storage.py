@@ -74,6 +74,11 @@ def test_disk_full_mid_run_keeps_the_checkpoints_written_and_resumes(digits, tmp
     assert step_of(latest(run_dir)) == 5
     model = load_model(latest(run_dir))[0]  # verified: the digests still match
     assert model is not None
+    tiny = mount("tiny", "size=64k")  # an export onto a full disk: one line, nothing left
+    for name in ("m.pt", "m.safetensors"):
+        assert_one_error(run_cli("-m", "llip.training.export", latest(run_dir), str(tiny / name)),
+                         f"cannot write {tiny / name}", "full")
+    assert os.listdir(tiny) == []
 
     subprocess.run(["mount", "-o", f"remount,size={4 * size + (1 << 20)}", str(logs)],
                    check=True)  # space freed
