@@ -14,7 +14,8 @@ which can land in the middle of a save: there the flag replaces it.
 
 With several ranks the flag is agreed (the maximum over ranks) by an all-reduce on a gloo group
 of its own, started after one step and read after the next, so every rank stops after the same
-step without a step ever waiting for it.
+step without a step ever waiting for it; before a checkpoint it is agreed at once, so that a
+stop signalled while the previous save completed starts no new one.
 """
 import os
 import signal
@@ -55,18 +56,24 @@ class StopRequest:
             os.kill(os.getpid(), signum)
         self.signum = self.signum or signum
 
-    def requested(self) -> int:
+    def requested(self, now: bool = False) -> int:
         """The stop signal (0: none) that every rank agrees on; call once per step on all
-        ranks. Alone, this rank's own flag; with several, any rank's, one step later."""
+        ranks. Alone, this rank's own flag; with several, any rank's, one step later, or at
+        once with `now` (a collective that waits: before a save, which a stop would not
+        start)."""
         if self._group is None:
             return self.signum
         agreed = 0
         if self._pending is not None:
             self._pending.wait()
-            agreed = int(self._flag.item())
+            agreed, self._pending = int(self._flag.item()), None
         self._flag = torch.tensor([self.signum], dtype=torch.int64)
-        self._pending = torch_dist.all_reduce(self._flag, op=torch_dist.ReduceOp.MAX,
-                                              group=self._group, async_op=True)
+        work = torch_dist.all_reduce(self._flag, op=torch_dist.ReduceOp.MAX, group=self._group,
+                                     async_op=True)
+        if now:
+            work.wait()
+            return max(agreed, int(self._flag.item()))
+        self._pending = work
         return agreed
 
 

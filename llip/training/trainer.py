@@ -184,16 +184,19 @@ class Trainer:
             if evaluator.due(done):  # before the checkpoint: a resume from it redoes no eval
                 with meter.paused():  # eval time is not training throughput
                     logger.log_eval(done, *evaluator(model))
-            if done % cfg.checkpoint_every == 0 or done == cfg.total_steps:
+            save = done % cfg.checkpoint_every == 0 or done == cfg.total_steps
+            if save:
                 divergence.check_before_save(window, model, done, cfg, last_saved)
+                saver.wait()  # the save in flight first: a stop signalled meanwhile starts none
+            signum = stop.requested(now=save)
+            if signum and done < cfg.total_steps:
+                _stop(signum, done, saver)
+            if save:
                 if done < cfg.total_steps:  # restart first: workers warm up while we save
                     batches = self._stream(world, done)
                 saver.save(done, model, optimizer,
                            {"step": done, "samples_seen": done * cfg.batch_size})
                 last_saved = done
-            signum = stop.requested()
-            if signum and done < cfg.total_steps:
-                _stop(signum, done, saver)
 
 
 def _stop(signum: int, done: int, saver) -> None:
