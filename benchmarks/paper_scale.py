@@ -179,11 +179,13 @@ def eval_store(root: str, n: int) -> tuple[str, str]:
     import yaml
 
     from evals.main_mc import build_tasks
+    from evals.runner import identity_of
     from evals.sweep_file import load_sweep
     from llip.evaluation.catalog import DEFAULT_CATALOG, load_catalogs
+    from llip.evaluation.results import VERSION
     from llip.run_configs import resolve
     from llip.run_dir import checkpoint_dir, write_config, write_marker
-    folder = os.path.join(root, "evals", f"n{n}")
+    folder = os.path.join(root, "evals", f"v2-n{n}")  # v2: results that record their identity
     sweep_file, out = os.path.join(folder, "sweep.yaml"), os.path.join(folder, "store")
     if os.path.exists(os.path.join(folder, "DONE")):
         return sweep_file, out
@@ -218,7 +220,7 @@ def eval_store(root: str, n: int) -> tuple[str, str]:
         os.makedirs(os.path.dirname(t["output"]), exist_ok=True)
         with open(t["output"], "w") as f:
             json.dump({
-            "id": ckpt.id, "label": ckpt.label, "model": ckpt.name, "loss": ckpt.loss,
+            "version": VERSION, "identity": identity_of(t), "id": ckpt.id, "label": ckpt.label, "model": ckpt.name, "loss": ckpt.loss,
             "step": ckpt.step, "checkpoint": ckpt.path, "dataset": entry["name"],
             "task": entry["task"], "split": "test", "metric": entry["metric"], "n": 10_000,
             "images_encoded": 10_000, "seconds": 60.0, "by_tau": by_tau}, f, indent=1)
