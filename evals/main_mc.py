@@ -11,8 +11,11 @@ listed at the end and the exit code is 1. Bad sweep input stops everything befor
 (exit 2). Results are aggregated into tables (CSV, Markdown) and a plot of each metric vs step.
 """
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 from evals import checkpoints
@@ -74,19 +77,50 @@ def _scores(result) -> str:
                      + f"{metric} {e['value']:.4f}" for e in result["by_tau"])
 
 
-def run_local(tasks) -> list:
-    """-> failures [(task, reason)]; every exception of a task is its own failure."""
+def run_local(tasks, timeout_min: float = 0) -> list:
+    """-> failures [(task, reason)]; every exception of a task is its own failure, a task past
+    `timeout_min` too."""
     failures = []
     for i, task in enumerate(tasks, 1):
         start = time.time()
         try:
-            r = run_task(task)
+            with _deadline(timeout_min * 60):
+                r = run_task(task)
             print(f"[{i}/{len(tasks)}] {task_name(task)}: {_scores(r)} "
                   f"(n={r['n']}, {time.time() - start:.1f}s)", flush=True)
         except Exception as exn:  # noqa: BLE001 - a failing task never stops the sweep
-            failures.append((task_name(task), one_line(exn)))
+            failures.append((task_name(task), TIMED_OUT.format(timeout_min)
+                             if isinstance(exn, TaskTimedOut) else one_line(exn)))
             print(f"[{i}/{len(tasks)}] FAILED {failures[-1][0]}: {failures[-1][1]}", flush=True)
     return failures
+
+
+class TaskTimedOut(Exception):
+    pass
+
+
+TIMED_OUT = ("timed out after {:g} min (task_timeout_min): a read that never returns? check the "
+             "dataset's path")
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Interrupt the task after `seconds`: SIGALRM raises in the main thread, where a task waits
+    (on a read, on its data workers). The alarm is the only way to end a read that never
+    returns without killing the sweep; the task's own cleanup still runs."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise TaskTimedOut()  # (readers on the way out may add their URL to its args)
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def run_slurm(tasks, sweep: SweepConfig) -> list:
@@ -163,7 +197,7 @@ def main(argv=None) -> int:
           f"{len(todo)} to run ({sweep.launcher})", flush=True)
     os.makedirs(sweep.output_dir, exist_ok=True)
     failures += run_slurm(todo, sweep) if todo and sweep.launcher == "slurm" else \
-        run_local(todo)
+        run_local(todo, sweep.task_timeout_min)
     print()
     results.record_catalogs(sweep.output_dir, sweep.catalogs)
     if not args.no_aggregate and any(results.read_result(t["output"]) for t in tasks):

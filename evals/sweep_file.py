@@ -27,6 +27,9 @@ class SweepConfig:
     eval_tau: list = dataclasses.field(default_factory=lambda: [None])  # Llip only
     launcher: str = "local"  # local | slurm
     slurm: dict = dataclasses.field(default_factory=dict)
+    # a local task running longer fails (one FAILED line) and the sweep goes on: a read that
+    # never returns (a stalled mount, a FIFO named like a shard) must not stop the sweep. 0: none
+    task_timeout_min: float = 120
 
 
 SLURM_KEYS = {"partition", "account", "qos", "constraint", "timeout_min", "cpus_per_task",
@@ -78,6 +81,9 @@ def _check_types(raw: dict, path: str) -> dict:
             fail("eval_tau", "a number > 0 or a non-empty list of them (Llip's eval-time "
                              "softmax temperature)")
         raw["eval_tau"] = list(dict.fromkeys(float(t) for t in taus))
+    if "task_timeout_min" in raw and not (_is_number(raw["task_timeout_min"])
+                                          and raw["task_timeout_min"] >= 0):
+        fail("task_timeout_min", "a number of minutes >= 0 (0: no limit)")
     if raw.get("launcher", "local") not in ("local", "slurm"):
         fail("launcher", "local or slurm")
     if not isinstance(raw.get("slurm", {}), dict):

@@ -5,6 +5,7 @@ import dataclasses
 import glob
 import json
 import os
+import time
 
 import torch
 import yaml
@@ -282,3 +283,23 @@ def test_failures_and_bad_input_never_lose_results(trained_clip, digits, tmp_pat
         assert result.returncode == 2 and len(lines) == 1 and needle in lines[0], \
             (needle, result.stderr)
     assert kept.exists()  # no bad input removed a finished result
+
+
+def test_a_stuck_task_is_one_failed_line_and_the_sweep_goes_on(trained_clip, digits, tmp_path):
+    """A FIFO named like a shard (an open that never returns, in a data worker): that task
+    fails after task_timeout_min with one line; the other runs."""
+    fifo = tmp_path / "stuck.tar"
+    os.mkfifo(fifo)
+    entry = json.loads(read_text(write_catalog(tmp_path / "c0.json", digits)))["digits"]
+    catalog = write_catalog(tmp_path / "catalog.json", digits,
+                            {"stuck": {**entry, "path": str(fifo)}})
+    fname = _sweep(tmp_path, [trained_clip], catalog, datasets=("stuck", "digits"),
+                   workers=2, task_timeout_min=0.1)
+    start = time.time()
+    result = run_cli("-m", "evals.main_mc", "--fname", fname, "--no-aggregate", timeout=300)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    failed = {line for line in result.stdout.splitlines() if line.startswith("FAILED")}
+    assert len(failed) == 1 and "timed out after 0.1 min (task_timeout_min)" in failed.pop()
+    assert any("__digits__" in line and "acc1" in line for line in result.stdout.splitlines())
+    assert _result_file(tmp_path / "out", "clip_demo__step00000110", "digits")
+    assert time.time() - start < 120
