@@ -37,8 +37,9 @@ VERSION = 2
 
 def identity(entry: dict, checkpoint_fingerprint: str, evaluator_version: int) -> dict:
     """What a result is of, besides the taus (see the module doc); JSON-ready."""
+    content = {k: v for k, v in entry.items() if not k.startswith("_")}  # not the user's flags
     parts = {"catalog_entry": hashlib.sha256(json.dumps(
-                 entry, sort_keys=True, default=str).encode()).hexdigest(),
+                 content, sort_keys=True, default=str).encode()).hexdigest(),
              "checkpoint": checkpoint_fingerprint, "evaluator_version": evaluator_version}
     digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return {"digest": digest, **parts}
