@@ -183,11 +183,13 @@ def test_planted_files_are_one_items_problem(digits, base_run, run, tmp_path):
     blob = torch.load(str(tmp_path / "m.pt"), weights_only=True) if (tmp_path / "m.pt").exists() \
         else None
     assert blob is None  # the refused exports above wrote nothing
-    for name, needle in (("not_json.safetensors", "its llip metadata is malformed"),
-                         ("step.safetensors", "its llip metadata is malformed"),
-                         ("huge.safetensors", "its config describes a model of")):
-        assert_one_error(run_cli("-m", "llip.training.export", str(tmp_path / name),
-                                 str(tmp_path / "x.pt")), needle)
+    assert_one_error(run_cli("-m", "llip.training.export", str(tmp_path / "huge.safetensors"),
+                             str(tmp_path / "x.pt")), "its config describes a model of")
+    from llip.errors import CheckpointError
+    from llip.loading import read_weights  # the same refusal, read in this process
+    for name in ("not_json.safetensors", "step.safetensors"):
+        with pytest.raises(CheckpointError, match="its llip metadata is malformed"):
+            read_weights(str(tmp_path / name))
 
     # one eval sweep over all of it: the planted checkpoints fail alone, the good one is scored
     from helpers import write_catalog
