@@ -220,7 +220,8 @@ def eval_store(root: str, n: int) -> tuple[str, str]:
         os.makedirs(os.path.dirname(t["output"]), exist_ok=True)
         with open(t["output"], "w") as f:
             json.dump({
-            "version": VERSION, "identity": identity_of(t), "id": ckpt.id, "label": ckpt.label, "model": ckpt.name, "loss": ckpt.loss,
+            "version": VERSION, "identity": identity_of(t), "id": ckpt.id,
+            "label": ckpt.label, "model": ckpt.name, "loss": ckpt.loss,
             "step": ckpt.step, "checkpoint": ckpt.path, "dataset": entry["name"],
             "task": entry["task"], "split": "test", "metric": entry["metric"], "n": 10_000,
             "images_encoded": 10_000, "seconds": 60.0, "by_tau": by_tau}, f, indent=1)

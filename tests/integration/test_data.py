@@ -100,7 +100,10 @@ def test_missing_local_shards_are_a_config_error(tmp_path):
     _write(tmp_path / "s-0.tar", ["x"])
     with pytest.raises(ConfigError, match=r"missing shard .*s-1.tar \(1 of 2"):
         check_shards(expand_sources(f"{tmp_path}/s-{{0..1}}.tar"))
-    check_shards(expand_sources(f"{tmp_path}/s-{{0..0}}.tar::s3://bucket/remote-{{0..9}}.tar"))
+    # remote shards are checked when read; object stores without a reader are refused now
+    check_shards(expand_sources(f"{tmp_path}/s-{{0..0}}.tar::https://host/remote-{{0..9}}.tar"))
+    with pytest.raises(ConfigError, match=r"s3:// is not read directly.*pipe:aws s3 cp"):
+        check_shards(expand_sources(f"{tmp_path}/s-{{0..0}}.tar::s3://bucket/r-{{0..9}}.tar"))
 
 
 def _first_batches(cfg, rank, start_step, n=6):
