@@ -33,7 +33,8 @@ def identity_of(task) -> dict:
 
 def run_task(task: dict) -> dict:
     # another catalog entry, checkpoint or evaluator than the stored result's: all taus again
-    existing = results.reusable(results.read_result(task["output"]), identity_of(task))
+    identity = identity_of(task)
+    existing = results.reusable(results.read_result(task["output"]), identity)
     todo = results.missing_taus(existing, task["taus"])
     if not todo:
         return existing
@@ -60,7 +61,7 @@ def run_task(task: dict) -> dict:
               "model": cfg.name, "loss": cfg.loss, "step": step, "checkpoint": ckpt.path,
               "dataset": entry["name"], "task": entry["task"], "split": entry.get("split", ""),
               "metric": entry["metric"], "n": scored[0]["metrics"]["n"], "images_encoded": encoded,
-              "seconds": round(time.time() - start, 2), "identity": identity_of(task),
+              "seconds": round(time.time() - start, 2), "identity": identity,
               "by_tau": by_tau}
     write_json(task["output"], result, indent=1)
     return result

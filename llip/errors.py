@@ -15,6 +15,7 @@ traceback, as the line the user should read.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import errno
 import os
@@ -103,6 +104,21 @@ _STORAGE_ERRNOS = {
 
 
 FULL_DISK_BYTES = 64 << 20  # a failed write with less free space than this: the disk is full
+
+
+@contextlib.contextmanager
+def named_write(path: str, what: str):
+    """A write into `path` that fails for lack of space or permission ends as StorageError, one
+    line naming `what` (not a temporary file inside it); other failures pass through."""
+    try:
+        yield
+    except BaseException as exn:  # (DCP's CheckpointException is a BaseException)
+        if isinstance(exn, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        line = write_error(exn, path, what)
+        if line is None:
+            raise
+        raise StorageError(line) from None
 
 
 def write_error(exn: BaseException, path: str, what: str) -> str | None:

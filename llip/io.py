@@ -71,14 +71,18 @@ def read_yaml(path: str):
     size = os.path.getsize(path)
     if size > MAX_YAML_BYTES:
         raise yaml.YAMLError(f"{size} bytes, more than any config's {MAX_YAML_BYTES}")
-    text = read_text(path)
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None and _expanded_nodes(node) > MAX_YAML_NODES:
+    loader = yaml.SafeLoader(read_text(path))
+    try:  # yaml.safe_load's steps, with the expansion counted between them
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_nodes(node) > MAX_YAML_NODES:
             raise yaml.YAMLError(f"its aliases expand to more than {MAX_YAML_NODES} nodes")
-        return yaml.safe_load(text)
+        return loader.construct_document(node)
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
 
 
 def _expanded_nodes(root) -> int:

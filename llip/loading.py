@@ -16,7 +16,6 @@ any partial load.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -27,7 +26,7 @@ import torch.distributed.checkpoint.api as dcp_api
 
 from llip.checkpoint_files import load_dcp, load_failure, verify
 from llip.config import RunConfig, from_dict, to_dict
-from llip.errors import CheckpointError, ConfigError, StorageError, write_error
+from llip.errors import CheckpointError, ConfigError, named_write
 from llip.io import atomic_path, atomic_write
 from llip.models import build_model
 from llip.models.formats import account, llip_release, openclip, ours, strict_load, unwrap
@@ -408,7 +407,7 @@ def init_from_weights(model, cfg: RunConfig) -> str:
 def save_export(path: str, model: torch.nn.Module, cfg: RunConfig, step: int) -> str:
     """Our export format (llip.models.formats.ours), written atomically."""
     state = ours.from_ours(model.state_dict())
-    with _writing(path):
+    with named_write(path, path):
         with atomic_path(path) as tmp:
             if path.endswith(".safetensors"):
                 from safetensors.torch import save_file
@@ -416,19 +415,6 @@ def save_export(path: str, model: torch.nn.Module, cfg: RunConfig, step: int) ->
             else:
                 torch.save(ours.pack(state, to_dict(cfg), step), tmp)
     return path
-
-
-@contextlib.contextmanager
-def _writing(path: str):
-    """A write that fails for lack of space or permission is one line naming `path` (the
-    temporary beside it is removed; an earlier file at `path` is untouched)."""
-    try:
-        yield
-    except Exception as exn:  # noqa: BLE001 - only storage failures are rewritten
-        line = write_error(exn, path, path)
-        if line is None:
-            raise
-        raise StorageError(line) from None
 
 
 def _link_or_copy(source: str, target: str) -> None:
@@ -460,7 +446,7 @@ def export(source: str, out: str, fmt: str = "llip", config: str = "") -> list[s
                           "--format llip")
     model_cfg = openclip.config_of(cfg)
     state = openclip.from_ours(model.state_dict())
-    with _writing(out), atomic_path(out) as tmp:
+    with named_write(out, out), atomic_path(out) as tmp:
         if out.endswith(".safetensors"):
             from safetensors.torch import save_file
             save_file(state, tmp)

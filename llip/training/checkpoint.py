@@ -20,7 +20,6 @@ falls back to the previous one, with a warning, if it does not verify. The direc
 belongs to llip.run_dir; digests, their verification and reading without running code to
 llip.checkpoint_files.
 """
-import contextlib
 import logging
 import os
 import shutil
@@ -41,7 +40,7 @@ from llip.checkpoint_files import (
     verify,
 )
 from llip.config import config_changes
-from llip.errors import CheckpointError, StorageError, UserError, write_error
+from llip.errors import CheckpointError, UserError, named_write
 from llip.run_dir import (
     CONFIG,
     checkpoint_dir,
@@ -119,7 +118,7 @@ def save(run_dir: str, cfg, step: int, model, optimizer, trainer_state: dict,
          is_main: bool) -> str:
     """A blocking save (all ranks)."""
     tmp, final = _start(run_dir, step, is_main)
-    with _named(final):
+    with named_write(final, f"checkpoint {final}"):
         metadata = dcp.save(_state(model, optimizer, trainer_state), checkpoint_id=tmp)
         _finish(run_dir, cfg, tmp, final, {"step": step, **trainer_state}, metadata)
     dist.barrier()
@@ -167,7 +166,7 @@ class Checkpointer:
             raise TimeoutError(f"checkpoint {final} still being written after {timeout}s")
         self.pending = None  # a failed save is not retried
         if thread.error is not None:
-            with _named(final):
+            with named_write(final, f"checkpoint {final}"):
                 raise thread.error
 
     def __enter__(self) -> "Checkpointer":
@@ -200,19 +199,6 @@ class _Finisher(threading.Thread):
             self.error = exn
         finally:
             self.finished.set()
-
-
-@contextlib.contextmanager
-def _named(final: str):
-    """A write that fails for lack of space or permission names the checkpoint, not a DCP
-    temporary file (the previous checkpoints are untouched)."""
-    try:
-        yield
-    except (Exception, dcp_api.CheckpointException) as exn:
-        line = write_error(exn, final, f"checkpoint {final}")
-        if line is None:
-            raise
-        raise StorageError(line) from None
 
 
 def _saved_files(metadata) -> list[str]:
