@@ -88,6 +88,9 @@ CHOSEN_LR = {
 }
 SWEEP_VARIANTS = "clip,siglip,control,llip_ours,llip_ref,llip_ref_decay"
 TEST_VARIANTS = "clip,siglip,llip,control"
+# The Llip recipe (init, decay_tokens) is chosen on the scenes sweep; the attributes sweep only
+# chooses the lr of each variant of its test table.
+SWEEP_VARIANTS_OF = {"scenes": SWEEP_VARIANTS, "attributes": TEST_VARIANTS}
 BASELINES = ("clip", "siglip")
 # Acceptance on scenes, fixed before any run: Llip vs each baseline on bind_shape and presence,
 # paired by seed: mean gain >= 2 points and > 2 standard errors; bind_colour: mean loss <= 1
@@ -114,7 +117,8 @@ def parse_args(argv=None):
                    help="seeds per cell (0: 3 for a sweep, 8 for the test table)")
     p.add_argument("--steps", type=int, default=0, help="0: the configs' steps")
     p.add_argument("--variants", default="",
-                   help=f"comma-separated (default: {SWEEP_VARIANTS} for a sweep, "
+                   help="comma-separated (default for a sweep: " + "; ".join(
+                       f"{t}: {v}" for t, v in SWEEP_VARIANTS_OF.items()) + "; "
                    f"{TEST_VARIANTS} for the test table); any of {', '.join(VARIANTS)}")
     p.add_argument("--sweep", default="", help="comma-separated lrs: runs every variant at each "
                    "(seeds 100+), evaluates the final checkpoints on the validation split")
@@ -123,7 +127,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="")
     args = p.parse_args(argv)
     args.seeds = args.seeds or (3 if args.sweep else 8)
-    args.variants = args.variants or (SWEEP_VARIANTS if args.sweep else TEST_VARIANTS)
+    args.variants = args.variants or (SWEEP_VARIANTS_OF[args.task] if args.sweep
+                                      else TEST_VARIANTS)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"unknown variants {sorted(unknown)}; known: {', '.join(VARIANTS)}")

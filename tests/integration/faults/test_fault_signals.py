@@ -19,9 +19,16 @@ from llip.run_dir import complete_checkpoints, step_of
 os.setsid()  # a process group of its own: a group signal reaches this run, not pytest
 rounds, run_dir, argv = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 rng, report = random.Random(0), []
-def stop_later(sig, to_group):
+def last_saved():
+    done = complete_checkpoints(run_dir)
+    return step_of(done[-1]) if done else 0
+def stop_later(sig, to_group, after_a_step):
     while signal.getsignal(sig) == signal.SIG_DFL:  # until the training loop takes the signal
         time.sleep(0.005)
+    if after_a_step:  # half the rounds: once this round has saved a step, so that the run goes
+        began = last_saved()  # on however slow this machine is today
+        while last_saved() == began:
+            time.sleep(0.005)
     time.sleep(rng.uniform(0, 1.0))
     if to_group:
         os.killpg(os.getpgid(0), sig)
@@ -30,7 +37,7 @@ def stop_later(sig, to_group):
 for i in range(rounds):
     began = time.time()
     sig = (signal.SIGTERM, signal.SIGUSR2)[i % 2]
-    threading.Thread(target=stop_later, args=(sig, i % 4 >= 2)).start()
+    threading.Thread(target=stop_later, args=(sig, i % 4 >= 2, i % 8 >= 4)).start()
     try:
         code = main(argv)
     except SystemExit as stop:
@@ -56,13 +63,17 @@ def test_stop_signals_at_random_moments_end_each_run_cleanly(digits, tmp_path):
     assert "Exception ignored" not in out.stderr, out.stderr[-3000:]
     report = json.loads(out.stdout.split("REPORT ", 1)[1])
     assert len(report) == ROUNDS
-    last_step = 0
+    last_step, resumable = 0, 0
     for i, round_ in enumerate(report):
         assert round_["code"] == 128 + round_["signal"], (i, round_)
         assert not round_["partial"], (i, round_)
+        resumable += last_step > 0  # this round began with a checkpoint to resume from
         if round_["steps"]:  # a signal before the first step's save leaves none yet
             assert round_["verified"] is None and round_["steps"][-1] >= last_step, (i, round_)
             last_step = round_["steps"][-1]
-    assert last_step >= ROUNDS // 2, report  # the rounds resumed and went on
+    # every round that found a checkpoint resumed from it; the 8 rounds that waited for a save
+    # each went on by at least one step
+    assert out.stdout.count("resumed from") == resumable, out.stdout[-3000:]
+    assert last_step >= 8, report
     assert out.stdout.count("received: stopping after step") == ROUNDS
     assert signal.SIGTERM in {r["signal"] for r in report}
