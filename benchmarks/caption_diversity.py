@@ -39,6 +39,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pandas as pd
@@ -190,11 +191,13 @@ def unique_runs(entries) -> list[dict]:
     return list({e["name"]: e for e in entries}.values())
 
 
-def train(run: dict, threads: int) -> float:
-    """One run through the normal CLI; a finished run is kept (resumable benchmark)."""
+def trained(run: dict) -> bool:
     path = latest(run["dir"])
-    if path is not None and step_of(path) == run["steps"]:
-        return 0.0
+    return path is not None and step_of(path) == run["steps"]
+
+
+def train(run: dict, threads: int) -> float:
+    """One run through the normal CLI (a finished run is kept: the benchmark is resumable)."""
     start = time.time()
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
     log = run["dir"] + ".log"
@@ -566,9 +569,19 @@ def main(argv=None) -> None:
 
     def train_and_evaluate(entries):
         runs = unique_runs(entries)
-        print(f"{len(runs)} runs, {args.parallel} at a time, output in {args.out}", flush=True)
+        todo = [r for r in runs if not trained(r)]
+        print(f"{len(runs)} runs ({len(runs) - len(todo)} trained before), {args.parallel} at a "
+              f"time, output in {args.out}", flush=True)
+        start, done, lock = time.time(), [], threading.Lock()
+
+        def one(run):
+            train(run, args.threads)
+            with lock:
+                done.append(run)
+                left = (time.time() - start) / len(done) * (len(todo) - len(done))
+                print(f"  {len(done)}/{len(todo)} trained, ETA {left / 60:.0f} min", flush=True)
         with concurrent.futures.ThreadPoolExecutor(args.parallel) as pool:
-            list(pool.map(lambda r: train(r, args.threads), runs))
+            list(pool.map(one, todo))
         evaluate(runs, data[split], evals, every_checkpoint=not args.sweep,
                  parallel=args.parallel)
         return runs, results_frame(entries, evals)
