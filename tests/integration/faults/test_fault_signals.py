@@ -25,7 +25,7 @@ def last_saved():
 def stop_later(sig, to_group, after_a_step):
     while signal.getsignal(sig) == signal.SIG_DFL:  # until the training loop takes the signal
         time.sleep(0.005)
-    if after_a_step:  # half the rounds: once this round has saved a step, so that the run goes
+    if after_a_step:  # 8 of the rounds: once this round has saved a step, so that the run goes
         began = last_saved()  # on however slow this machine is today
         while last_saved() == began:
             time.sleep(0.005)
@@ -37,7 +37,7 @@ def stop_later(sig, to_group, after_a_step):
 for i in range(rounds):
     began = time.time()
     sig = (signal.SIGTERM, signal.SIGUSR2)[i % 2]
-    threading.Thread(target=stop_later, args=(sig, i % 4 >= 2, i % 8 >= 4)).start()
+    threading.Thread(target=stop_later, args=(sig, i % 4 >= 2, i % 8 >= 4), daemon=True).start()
     try:
         code = main(argv)
     except SystemExit as stop:
