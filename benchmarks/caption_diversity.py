@@ -85,7 +85,7 @@ RECIPE_PAIRS = (("llip_ref", "llip_ours"), ("llip_ref_decay", "llip_ref"),
 CHOSEN_LR = {
     "scenes": {"clip": 2e-3, "siglip": 1e-3, "llip": 2e-3, "control": 5e-4,
                "llip_ours": 2e-3, "llip_ref": 1e-3},
-    "attributes": {"clip": 5e-4, "siglip": 5e-4, "llip": 5e-4},  # control: grid being extended
+    "attributes": {"clip": 5e-4, "siglip": 5e-4, "llip": 5e-4, "control": 2.5e-4},
 }
 SWEEP_VARIANTS = "clip,siglip,control,llip_ours,llip_ref,llip_ref_decay"
 TEST_VARIANTS = "clip,siglip,llip,control"
