@@ -192,12 +192,13 @@ def unique_runs(entries) -> list[dict]:
 
 
 def trained(run: dict) -> bool:
+    """The run's last checkpoint is its final step (the benchmark is resumable: kept, not rerun)."""
     path = latest(run["dir"])
     return path is not None and step_of(path) == run["steps"]
 
 
 def train(run: dict, threads: int) -> float:
-    """One run through the normal CLI (a finished run is kept: the benchmark is resumable)."""
+    """One run through the normal CLI."""
     start = time.time()
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
     log = run["dir"] + ".log"

@@ -26,9 +26,9 @@ def stop_later(sig, to_group, after_a_step):
     while signal.getsignal(sig) == signal.SIG_DFL:  # until the training loop takes the signal
         time.sleep(0.005)
     if after_a_step:  # 8 of the rounds: once this round has saved a step, so that the run goes
-        began = last_saved()  # on however slow this machine is today
-        while last_saved() == began:
-            time.sleep(0.005)
+        began, deadline = last_saved(), time.time() + 300  # on however slow this machine is
+        while last_saved() == began and time.time() < deadline:  # (a round that never saves
+            time.sleep(0.05)  # is stopped anyway: the report then shows it)
     time.sleep(rng.uniform(0, 1.0))
     if to_group:
         os.killpg(os.getpgid(0), sig)
