@@ -10,6 +10,7 @@ from the newest complete checkpoint, which it writes every `checkpoint_every` st
 import os
 import shlex
 import shutil
+import signal
 import sys
 
 import submitit
@@ -29,6 +30,12 @@ class SlurmTrainer(submitit.helpers.Checkpointable):
         return Trainer(self.cfg)()
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # submitit runs `scontrol requeue` next, from this process, and the requeue cancels this
+        # job step: the step's SIGTERM reaches every process in it, `scontrol` included, and one
+        # still running (a loaded node) dies of it: the job ends failed instead of requeued.
+        # An ignored signal stays ignored across exec, so `scontrol` survives; this process
+        # exits right after the requeue (and SLURM's SIGKILL after KillWait still applies).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return submitit.helpers.DelayedSubmission(SlurmTrainer(self.cfg))
 
 

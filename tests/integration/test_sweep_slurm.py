@@ -1,7 +1,8 @@
 """The orchestrator on the real two-node SLURM cluster: a 2x2 sweep whose kept checkpoints are
 evaluated as they appear, to one table with an axis per column; points that fail show their
-error line; a preempted point resumes exactly; re-running does only the missing work; the status
-board works with the controller down; cancelling keeps every complete checkpoint.
+error line; a point requeued by its SIGUSR2 resumes exactly; re-running does only the missing
+work; the status board works with the controller down; cancelling keeps every complete
+checkpoint.
 
 One sweep carries every check in sequence: each phase is what a researcher does next, and the
 cluster is shared with the other SLURM tests of the session.
@@ -67,7 +68,9 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
     ok = [p for p in points if "lr1e-3" in p]
     failing = [p for p in points if "lr2e-3" in p]
 
-    # a preempted point requeues and resumes exactly (every step once)
+    # a point warned of its end requeues and resumes exactly (every step once): SLURM's
+    # SIGUSR2 (--signal, before a time limit or a preemption) -> submitit's checkpoint() and
+    # `scontrol requeue`, whose cancel of the step sends SIGTERM while the requeue command runs
     first = sweep_dir / ok[0]
     wait_for((first / "checkpoints" / "step_00000010" / "COMPLETE").exists, 300,
              "the first checkpoint", first / "submitit")
@@ -75,8 +78,7 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
                     f"logs={sweep_dir}", f"name={ok[0]}")
     job = read_text(job_id_path(str(first))).strip()
     assert again.returncode == 2 and f"already has live job {job}" in again.stderr
-    import submitit
-    submitit.SlurmJob(folder=first / "submitit", job_id=job)._interrupt()  # TERM + USR2
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)
 
     # the follower ends once training is over and the evals of every kept checkpoint are done
     wait_for(lambda: _follower_done(sweep_dir), 600, "the sweep and its evals",
