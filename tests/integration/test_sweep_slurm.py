@@ -78,7 +78,7 @@ def test_sweep_on_slurm_from_launch_to_table(slurm, digits, tmp_path):
                     f"logs={sweep_dir}", f"name={ok[0]}")
     job = read_text(job_id_path(str(first))).strip()
     assert again.returncode == 2 and f"already has live job {job}" in again.stderr
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
 
     # the follower ends once training is over and the evals of every kept checkpoint are done
     wait_for(lambda: _follower_done(sweep_dir), 600, "the sweep and its evals",

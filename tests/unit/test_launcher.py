@@ -17,7 +17,8 @@ TERMINATED_WHILE_RUNNING = ["sh", "-c", "kill -TERM $$; echo survived"]
 def test_checkpoint_resubmits_the_config_and_the_requeue_command_survives_the_steps_sigterm():
     before = signal.getsignal(signal.SIGTERM)
     try:
-        killed = subprocess.run(TERMINATED_WHILE_RUNNING, capture_output=True, text=True)
+        killed = subprocess.run(TERMINATED_WHILE_RUNNING, capture_output=True, text=True,
+                                timeout=60)
         assert killed.returncode == -signal.SIGTERM and killed.stdout == ""  # as in the failure
 
         cfg = resolve("llip_tiny")
@@ -25,7 +26,8 @@ def test_checkpoint_resubmits_the_config_and_the_requeue_command_survives_the_st
         assert isinstance(resubmitted, submitit.helpers.DelayedSubmission)
         assert isinstance(resubmitted.function, SlurmTrainer) and resubmitted.function.cfg == cfg
 
-        requeue = subprocess.run(TERMINATED_WHILE_RUNNING, capture_output=True, text=True)
+        requeue = subprocess.run(TERMINATED_WHILE_RUNNING, capture_output=True, text=True,
+                                 timeout=60)
         assert requeue.returncode == 0 and requeue.stdout == "survived\n"
     finally:
         signal.signal(signal.SIGTERM, before)
